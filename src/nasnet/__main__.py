@@ -1,0 +1,4 @@
+from nasnet.cli import main
+import sys
+
+sys.exit(main())

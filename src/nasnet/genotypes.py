@@ -1,0 +1,46 @@
+"""Known cells as plain data.
+
+``NASNET_A`` follows TF-slim's ``NasNetANormalCell`` / ``NasNetAReductionCell`` block for
+block, including their concat lists (6 states in the normal cell, 4 in the reduction cell):
+the published parameter counts and weights follow the code, not the paper's figure.
+"""
+
+from __future__ import annotations
+
+from nasnet.space import Block, Cell, Genotype
+
+NASNET_A = Genotype(
+    normal=Cell(
+        blocks=(
+            Block(0, 1, "sep_conv_5x5", "sep_conv_3x3"),
+            Block(1, 1, "sep_conv_5x5", "sep_conv_3x3"),
+            Block(0, 1, "avg_pool_3x3", "identity"),
+            Block(1, 1, "avg_pool_3x3", "avg_pool_3x3"),
+            Block(0, 0, "sep_conv_3x3", "identity"),
+        ),
+        concat=(1, 2, 3, 4, 5, 6),
+    ),
+    reduction=Cell(
+        blocks=(
+            Block(0, 1, "sep_conv_5x5", "sep_conv_7x7"),
+            Block(0, 1, "max_pool_3x3", "sep_conv_7x7"),
+            Block(0, 1, "avg_pool_3x3", "sep_conv_5x5"),
+            Block(3, 2, "identity", "avg_pool_3x3"),
+            Block(2, 0, "sep_conv_3x3", "max_pool_3x3"),
+        ),
+        concat=(3, 4, 5, 6),
+    ),
+)
+
+#: NASNet-A with the paper's rule for the output (every unconsumed state: 5 and 3 states),
+#: as drawn in the paper's Figure 4 and as DARTS' ``NASNet`` genotype concatenates.
+NASNET_A_FIGURE = Genotype(
+    normal=Cell(NASNET_A.normal.blocks),
+    reduction=Cell(NASNET_A.reduction.blocks),
+)
+
+#: Name -> genotype, for the command line (``--genotype nasnet_a``).
+GENOTYPES: dict[str, Genotype] = {
+    "nasnet_a": NASNET_A,
+    "nasnet_a_figure": NASNET_A_FIGURE,
+}
