@@ -1,0 +1,556 @@
+"""Datasets for child training, each with a fixed, seeded train / validation / test split.
+
+A dataset is named by a spec string (:func:`load_dataset`):
+
+* ``digits`` - scikit-learn's bundled 8x8 handwritten digits (1,797 images, works offline),
+  upsampled to 16x16 by default (``image_size`` changes that). Split: 360 test, 180 validation,
+  the rest (1,257) train.
+* ``cifar10:PATH`` / ``cifar100:PATH`` - the "python version" archive (``cifar-10-python.tar.gz``,
+  ``cifar-100-python.tar.gz``), its extracted folder, or a folder holding either. The official test
+  set is the test split; 5,000 training images are held out for validation (as the paper holds out
+  5,000 images for the controller's reward). Nothing is ever downloaded.
+* ``folder:PATH`` - one subfolder per class holding JPEG/PNG files, resized to ``image_size``
+  (default 32). If ``PATH`` has ``train/`` and ``test/`` (or ``val/``) subfolders they are used as
+  the splits; otherwise 10 % of each class is held out for validation and 10 % for test.
+* ``synthetic`` or ``synthetic:key=value,...`` - class templates plus noise, learnable, for tests
+  and benchmarks. Keys: ``classes``, ``channels``, ``size``, ``train``, ``val``, ``test``, ``seed``.
+
+Images are kept as uint8 tensors of shape ``(N, C, H, W)``; :class:`Augment` turns a batch into
+normalised float tensors (random crop with zero padding, horizontal flip, Cutout) on the fly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: Fixed seed of every split, so that the same spec always gives the same split.
+SPLIT_SEED = 20180101
+
+#: Images held out of CIFAR's training set for validation (the paper's 5,000).
+CIFAR_VAL_SIZE = 5000
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DatasetError(ValueError):
+    """A dataset spec or file is unusable; the message names the problem and the fix."""
+
+
+@dataclass
+class Dataset:
+    """Train / validation / test images (uint8 ``N x C x H x W``) and int64 labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool = True
+    classes: tuple[str, ...] | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[2])
+
+    @property
+    def crop_padding(self) -> int:
+        """Padding of the random crop: 4 px at 32x32, scaled with the image size."""
+        return max(1, self.image_size // 8)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, labels)`` of ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; choose train, val or test")
+        return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {len(self.train_y)} train / {len(self.val_y)} val / "
+            f"{len(self.test_y)} test, {self.num_classes} classes, "
+            f"{self.channels}x{self.image_size}x{self.image_size}"
+        )
+
+
+# --------------------------------------------------------------------------- spec parsing
+
+
+def load_dataset(spec: str, image_size: int | None = None) -> Dataset:
+    """Parse ``spec`` (``digits``, ``cifar10:PATH``, ``cifar100:PATH``, ``folder:PATH``,
+    ``synthetic[:k=v,...]``) and load the dataset; ``image_size`` resizes where allowed."""
+    kind, _, arg = spec.partition(":")
+    loader = _LOADERS.get(kind.strip().lower())
+    if loader is None:
+        raise DatasetError(
+            f"unknown dataset {spec!r}; use digits, cifar10:PATH, cifar100:PATH, folder:PATH "
+            "or synthetic"
+        )
+    return loader(arg, image_size)
+
+
+def _load_digits_spec(arg: str, image_size: int | None) -> Dataset:
+    if arg:
+        raise DatasetError(f"digits takes no argument, got 'digits:{arg}'; use 'digits'")
+    return load_digits(image_size or 16)
+
+
+def _load_cifar_spec(classes: int) -> Callable[[str, int | None], Dataset]:
+    def load(arg: str, image_size: int | None) -> Dataset:
+        if not arg:
+            raise DatasetError(
+                f"cifar{classes} needs a path: cifar{classes}:PATH to "
+                f"{_CIFAR[classes].archive} or its extracted folder (download from {CIFAR_URL})"
+            )
+        if image_size not in (None, 32):
+            raise DatasetError(f"cifar{classes} images are 32x32; drop the image size option")
+        return load_cifar(arg, classes)
+
+    return load
+
+
+def _load_folder_spec(arg: str, image_size: int | None) -> Dataset:
+    if not arg:
+        raise DatasetError("folder needs a path: folder:PATH with one subfolder per class")
+    return load_folder(arg, image_size or 32)
+
+
+def _load_synthetic_spec(arg: str, image_size: int | None) -> Dataset:
+    options: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in arg.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _SYNTHETIC_KEYS or not value.strip().isdigit():
+            raise DatasetError(
+                f"synthetic: bad option {item!r}; use key=integer with keys "
+                f"{', '.join(_SYNTHETIC_KEYS)}"
+            )
+        options[key] = int(value)
+    if image_size is not None:
+        options.setdefault("size", image_size)
+    return make_synthetic(**options)
+
+
+_SYNTHETIC_KEYS = ("classes", "channels", "size", "train", "val", "test", "seed")
+
+_LOADERS: dict[str, Callable[[str, int | None], Dataset]] = {
+    "digits": _load_digits_spec,
+    "cifar10": _load_cifar_spec(10),
+    "cifar100": _load_cifar_spec(100),
+    "folder": _load_folder_spec,
+    "synthetic": _load_synthetic_spec,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _permutation(n: int, seed: int = SPLIT_SEED) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in units of the 0..1 range."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in images.split(4096):
+        values = chunk.to(torch.float64).div_(255.0)
+        total += values.sum(dim=(0, 2, 3))
+        squares += values.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(max(s, 1e-3) for s in std.tolist())
+
+
+def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    scaled = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return scaled.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _holdout_split(
+    x: torch.Tensor, y: torch.Tensor, n_val: int, n_test: int
+) -> tuple[torch.Tensor, ...]:
+    """Shuffle with the fixed split seed and cut off ``n_test`` then ``n_val`` examples."""
+    order = _permutation(len(y))
+    x, y = x[order], y[order]
+    test, val, train = n_test, n_test + n_val, slice(n_test + n_val, None)
+    return x[train], y[train], x[test:val], y[test:val], x[:test], y[:test]
+
+
+def _build(name: str, parts: tuple[torch.Tensor, ...], num_classes: int, **kw) -> Dataset:
+    train_x, train_y, val_x, val_y, test_x, test_y = parts
+    mean, std = _channel_stats(train_x)
+    return Dataset(
+        name, train_x.contiguous(), train_y.long(), val_x.contiguous(), val_y.long(),
+        test_x.contiguous(), test_y.long(), num_classes, mean, std, **kw,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def load_digits(image_size: int = 16) -> Dataset:
+    """scikit-learn's 8x8 digits, scaled to 0..255 and resized (bilinear) to ``image_size``.
+
+    16x16 is the default: at 8x8 the CIFAR stem's two reductions leave 2x2 feature maps,
+    while 16x16 still trains a small NASNet-A child in about a minute on two cores.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    pixels = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    x = _resize_uint8(torch.from_numpy(pixels).unsqueeze(1), image_size)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    n_test = round(0.2 * len(y))
+    parts = _holdout_split(x, y, n_val=round(0.1 * len(y)), n_test=n_test)
+    return _build("digits", parts, 10, flip=False, classes=tuple(str(d) for d in range(10)))
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def make_synthetic(
+    classes: int = 10,
+    channels: int = 3,
+    size: int = 32,
+    train: int = 512,
+    val: int = 128,
+    test: int = 128,
+    seed: int = 0,
+) -> Dataset:
+    """Random data: each class is a smooth random template, each image template + noise."""
+    if min(classes, channels, size, train, val, test) < 1:
+        raise DatasetError("synthetic: classes, channels, size, train, val, test must be >= 1")
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(classes, channels, 4, 4, generator=gen) * 160 + 48
+    templates = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    n = train + val + test
+    labels = torch.randint(classes, (n,), generator=gen)
+    noise = torch.randn(n, channels, size, size, generator=gen) * 40
+    x = (templates[labels] + noise).round_().clamp_(0, 255).to(torch.uint8)
+    parts = (x[:train], labels[:train], x[train : train + val], labels[train : train + val])
+    return _build("synthetic", (*parts, x[train + val :], labels[train + val :]), classes)
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold: dicts, lists, bytes and numpy arrays."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        if module.startswith("numpy.core"):
+            module = "numpy._core" + module[len("numpy.core") :]
+        return super().find_class(module, name)
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    archive: str
+    folder: str
+    train: tuple[str, ...]
+    test: str
+    meta: str
+    label_key: str
+    names_key: str
+
+
+_CIFAR = {
+    10: _CifarLayout(
+        "cifar-10-python.tar.gz", "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
+        "labels", "label_names",
+    ),
+    100: _CifarLayout(
+        "cifar-100-python.tar.gz", "cifar-100-python", ("train",), "test", "meta",
+        "fine_labels", "fine_label_names",
+    ),
+}  # fmt: skip
+
+
+def load_cifar(path: str, classes: int = 10) -> Dataset:
+    """CIFAR-10/100 from the python-version archive, its folder, or a folder holding either."""
+    layout, what = _CIFAR[classes], f"cifar{classes}"
+    members = _read_cifar_members(path, layout, what)
+    train = [_cifar_batch(members[n], n, layout.label_key, path, what) for n in layout.train]
+    test_x, test_y = _cifar_batch(members[layout.test], layout.test, layout.label_key, path, what)
+    x = torch.cat([b[0] for b in train])
+    y = torch.cat([b[1] for b in train])
+    if int(max(y.max(), test_y.max())) >= classes or int(min(y.min(), test_y.min())) < 0:
+        raise DatasetError(f"{path}: labels outside 0..{classes - 1}; is this {what}?")
+    order = _permutation(len(y))
+    x, y = x[order], y[order]
+    n_val = min(CIFAR_VAL_SIZE, len(y) // 10)
+    parts = (x[n_val:], y[n_val:], x[:n_val], y[:n_val], test_x, test_y)
+    names = _cifar_class_names(members[layout.meta], layout.names_key, classes)
+    return _build(what, parts, classes, classes=names)
+
+
+def _read_cifar_members(path: str, layout: _CifarLayout, what: str) -> dict[str, bytes]:
+    names = [*layout.train, layout.test, layout.meta]
+    hint = f"pass the path of {layout.archive} or of its extracted folder {layout.folder}"
+    if not os.path.exists(path):
+        raise DatasetError(f"{path}: no such file or folder; {hint} (download from {CIFAR_URL})")
+    if not os.path.isdir(path):
+        return _read_cifar_tar(path, names, what, hint)
+    for base in (path, os.path.join(path, layout.folder)):
+        if all(os.path.isfile(os.path.join(base, n)) for n in names):
+            return {n: _read_bytes(os.path.join(base, n)) for n in names}
+    if os.path.isfile(os.path.join(path, layout.archive)):
+        return _read_cifar_tar(os.path.join(path, layout.archive), names, what, hint)
+    missing = next(n for n in names if not os.path.isfile(os.path.join(path, n)))
+    raise DatasetError(f"{path}: not a {what} folder (no {missing}); {hint}")
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _read_cifar_tar(path: str, names: list[str], what: str, hint: str) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                base = os.path.basename(member.name)
+                if member.isfile() and base in names and base not in found:
+                    found[base] = tar.extractfile(member).read()
+    except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
+        reason = "truncated or corrupt" if _looks_compressed(path) else "not a tar archive"
+        raise DatasetError(f"{path}: {reason} ({err}); {hint} (download it again)") from None
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise DatasetError(f"{path}: not a {what} archive (no {missing[0]} inside); {hint}")
+    return found
+
+
+def _looks_compressed(path: str) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(262)
+    return head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[257:262] == b"ustar"
+
+
+def _unpickle(blob: bytes, name: str, path: str, what: str) -> dict:
+    try:
+        data = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception as err:
+        raise DatasetError(
+            f"{path}: member {name} is not a {what} pickle ({err}); use the python version archive"
+        ) from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: member {name} is not a {what} batch (not a dict)")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in data.items()}
+
+
+def _cifar_batch(blob: bytes, name: str, label_key: str, path: str, what: str):
+    data = _unpickle(blob, name, path, what)
+    if "data" not in data or label_key not in data:
+        raise DatasetError(f"{path}: member {name} lacks 'data' or '{label_key}'; is this {what}?")
+    pixels = np.asarray(data["data"])
+    labels = np.asarray(data[label_key], dtype=np.int64)
+    if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3072:
+        raise DatasetError(f"{path}: {name} has data {pixels.shape}, expected N x 3072 uint8")
+    if labels.shape != (pixels.shape[0],):
+        raise DatasetError(f"{path}: {name} has {labels.size} labels for {len(pixels)} images")
+    x = torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy())
+    return x, torch.from_numpy(labels)
+
+
+def _cifar_class_names(blob: bytes, key: str, classes: int) -> tuple[str, ...] | None:
+    try:
+        meta = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception:
+        return None
+    names = meta.get(key.encode(), meta.get(key)) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != classes:
+        return None
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+# --------------------------------------------------------------------------- image folder
+
+
+def load_folder(path: str, image_size: int = 32) -> Dataset:
+    """An ImageFolder-style directory: ``PATH/<class>/*.png|jpg``, optionally under
+    ``PATH/train`` and ``PATH/test`` (or ``PATH/val``); images are resized to ``image_size``."""
+    if not os.path.isdir(path):
+        raise DatasetError(f"{path}: no such folder; folder:PATH needs one subfolder per class")
+    test_dir = next((d for d in ("test", "val") if os.path.isdir(os.path.join(path, d))), None)
+    if os.path.isdir(os.path.join(path, "train")) and test_dir:
+        classes = _class_names(os.path.join(path, "train"))
+        x, y = _read_images(os.path.join(path, "train"), classes, image_size)
+        test_x, test_y = _read_images(os.path.join(path, test_dir), classes, image_size)
+        order = _permutation(len(y))
+        n_val = max(1, len(y) // 10)
+        x, y = x[order], y[order]
+        parts = (x[n_val:], y[n_val:], x[:n_val], y[:n_val], test_x, test_y)
+    else:
+        classes = _class_names(path)
+        x, y = _read_images(path, classes, image_size)
+        n_hold = max(1, len(y) // 10)
+        parts = _holdout_split(x, y, n_val=n_hold, n_test=n_hold)
+    if len(parts[0]) == 0:
+        raise DatasetError(f"{path}: too few images for a train / val / test split")
+    return _build(f"folder:{path}", parts, len(classes), classes=tuple(classes))
+
+
+def _class_names(path: str) -> list[str]:
+    names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    if len(names) < 2:
+        raise DatasetError(f"{path}: found {len(names)} class subfolders; need at least 2")
+    return names
+
+
+def _read_images(path: str, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = os.path.join(path, name)
+        if not os.path.isdir(folder):
+            raise DatasetError(f"{path}: class folder {name!r} is missing (it exists in train)")
+        for file in sorted(os.listdir(folder)):
+            if file.lower().endswith(IMAGE_SUFFIXES):
+                images.append(_decode_image(os.path.join(folder, file), size))
+                labels.append(label)
+    if not images:
+        raise DatasetError(f"{path}: no .png/.jpg images in the class subfolders")
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _decode_image(file: str, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DatasetError(f"{file}: cannot decode image ({err}); remove or replace it") from None
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+class Augment:
+    """Batch augmentation on uint8 ``N x C x H x W`` tensors, returning normalised float32.
+
+    Order: scale to 0..1 and normalise per channel, random crop from the image padded with
+    ``padding`` zeros (the mean colour after normalisation), horizontal flip with probability
+    1/2, then Cutout (one ``cutout`` x ``cutout`` square of zeros, centre uniform over the image,
+    clipped at the border). Randomness comes only from the ``generator`` passed in. The result
+    is in ``channels_last`` memory order when ``channels_last`` is set.
+    """
+
+    def __init__(
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        padding: int = 0,
+        flip: bool = False,
+        cutout: int = 0,
+        channels_last: bool = True,
+    ) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.padding, self.flip, self.cutout = padding, flip, cutout
+        self.channels_last = channels_last
+
+    @classmethod
+    def for_dataset(cls, data: Dataset, cutout: int = 0, channels_last: bool = True) -> Augment:
+        """The training augmentation of ``data`` (crop padding and flip chosen per dataset)."""
+        return cls(data.mean, data.std, data.crop_padding, data.flip, cutout, channels_last)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0..255 float) images -> normalised float32, without augmentation."""
+        x = (images.float() / 255.0 - self.mean) / self.std
+        return x.contiguous(memory_format=self._format())
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = (images.float() / 255.0 - self.mean) / self.std
+        if self.padding > 0:
+            x = random_crop(x, self.padding, generator)
+        if self.flip:
+            x = random_flip(x, generator)
+        if self.cutout > 0:
+            x = cutout(x, self.cutout, generator)
+        return x.contiguous(memory_format=self._format())
+
+    def _format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-example random ``H x W`` crop of ``x`` zero-padded by ``padding`` on every side."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding)).permute(0, 2, 3, 1)
+    oy = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator)
+    rows = oy + torch.arange(h).view(1, h, 1)
+    cols = ox + torch.arange(w).view(1, 1, w)
+    return padded[torch.arange(n).view(n, 1, 1), rows, cols].permute(0, 3, 1, 2)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each example left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero one ``size x size`` square per example, centred uniformly, clipped at the border."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1), generator=generator)
+    top, left = cy - size // 2, cx - size // 2
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
+__all__ = [
+    "CIFAR_VAL_SIZE",
+    "SPLIT_SEED",
+    "Augment",
+    "Dataset",
+    "DatasetError",
+    "cutout",
+    "load_cifar",
+    "load_dataset",
+    "load_digits",
+    "load_folder",
+    "make_synthetic",
+    "random_crop",
+    "random_flip",
+]

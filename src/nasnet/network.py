@@ -1,0 +1,447 @@
+"""Any genotype to a network: the Cell module, CIFAR and ImageNet stems, N @ F scaling, aux head.
+
+The macro structure follows TF-slim's ``_build_nasnet_base``: ``3N`` normal cells with a
+reduction cell inserted before normal cells ``N`` and ``2N``; filters double at each reduction;
+the ImageNet stem is a 3x3 stride-2 convolution followed by two reduction "stem cells" at 1/4 and
+1/2 filter scale. Which earlier output a cell sees as h_{i-1} is tracked exactly as TF-slim does,
+including ``skip_reduction_layer_input``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+
+from nasnet.ops import (
+    OPS,
+    UNDROPPED_OPS,
+    AvgPool2dSame,
+    BNConfig,
+    DropPath,
+    FactorizedReduction,
+    ReLUConvBN,
+)
+from nasnet.space import NUM_CELL_INPUTS, Cell, Genotype, validate_genotype
+
+STEMS = ("cifar", "imagenet")
+POOL_PADDINGS = ("tf", "timm")
+
+
+class CellModule(nn.Module):
+    """One NASNet cell built from a :class:`~nasnet.space.Cell`.
+
+    Args:
+        cell: the blocks and output rule.
+        c_prev: channels of h_i (the previous cell's output).
+        c_prev_prev: channels of h_{i-1}, or ``None`` when there is no second predecessor
+            (then h_{i-1} is the raw h_i input, as in TF-slim).
+        channels: the cell's filter count ``F_cell``; every op outputs this many channels.
+        reduction: apply stride 2 to ops that read a cell input.
+        prev_prev_larger: h_{i-1} has twice the spatial size of h_i (factorized reduction).
+    """
+
+    def __init__(
+        self,
+        cell: Cell,
+        c_prev: int,
+        c_prev_prev: int | None,
+        channels: int,
+        reduction: bool,
+        prev_prev_larger: bool,
+        bn: BNConfig,
+    ):
+        super().__init__()
+        self.cell = cell
+        self.reduction = reduction
+        self.has_prev_prev = c_prev_prev is not None
+        self.pre_i = ReLUConvBN(c_prev, channels, 1, 1, bn)
+        if c_prev_prev is None:  # TF-slim feeds the raw h_i input as h_{i-1}, unprojected
+            self.pre_prev, c_h1 = nn.Identity(), c_prev
+        else:
+            self.pre_prev, c_h1 = self._prev_adjustment(
+                c_prev_prev, channels, prev_prev_larger, bn
+            )
+        state_channels = [channels, c_h1]
+        self.ops = nn.ModuleList()
+        self.drop_paths = nn.ModuleList()
+        for block in cell.blocks:
+            for index, name in ((block.input_1, block.op_1), (block.input_2, block.op_2)):
+                stride = 2 if reduction and index < NUM_CELL_INPUTS else 1
+                self.ops.append(OPS[name](state_channels[index], channels, stride, bn))
+                self.drop_paths.append(nn.Identity() if name in UNDROPPED_OPS else DropPath())
+            state_channels.append(channels * (2 if block.combine == "concat" else 1))
+        self.output_states = cell.output_states()
+        self.out_projections = nn.ModuleDict()
+        for index in self.output_states:
+            needs_reduce = reduction and index < NUM_CELL_INPUTS
+            if needs_reduce or (index == 1 and c_h1 != channels):
+                self.out_projections[str(index)] = FactorizedReduction(
+                    state_channels[index], channels, bn, stride=2 if needs_reduce else 1
+                )
+                state_channels[index] = channels
+        self.out_channels = sum(state_channels[i] for i in self.output_states)
+
+    @staticmethod
+    def _prev_adjustment(c_in: int, channels: int, larger: bool, bn: BNConfig):
+        if larger:
+            return nn.Sequential(nn.ReLU(), FactorizedReduction(c_in, channels, bn)), channels
+        if c_in != channels:
+            return ReLUConvBN(c_in, channels, 1, 1, bn), channels
+        return nn.Identity(), c_in
+
+    def forward(self, h_i: torch.Tensor, h_prev: torch.Tensor | None) -> torch.Tensor:
+        states = [self.pre_i(h_i), self.pre_prev(h_prev if self.has_prev_prev else h_i)]
+        for k, block in enumerate(self.cell.blocks):
+            a = self.drop_paths[2 * k](self.ops[2 * k](states[block.input_1]))
+            b = self.drop_paths[2 * k + 1](self.ops[2 * k + 1](states[block.input_2]))
+            states.append(a + b if block.combine == "add" else torch.cat([a, b], dim=1))
+        outputs = []
+        for index in self.output_states:
+            state = states[index]
+            if str(index) in self.out_projections:
+                state = self.out_projections[str(index)](state)
+            outputs.append(state)
+        return torch.cat(outputs, dim=1)
+
+    def set_drop_path_keep(self, keep_prob: float) -> None:
+        for module in self.drop_paths:
+            if isinstance(module, DropPath):
+                module.keep_prob = keep_prob
+
+
+class AuxHead(nn.Module):
+    """ReLU -> 5x5/3 avg pool (VALID) -> 1x1 conv 128 -> BN -> ReLU -> conv to 768 -> BN -> ReLU -> FC.
+
+    The second convolution's kernel covers the whole remaining map, so its size depends on the
+    input size; for maps under 5 pixels the pool shrinks to the map size.
+    """
+
+    def __init__(self, c_in: int, spatial: int, num_classes: int, bn: BNConfig):
+        super().__init__()
+        kernel = min(5, spatial)
+        remaining = (spatial - kernel) // 3 + 1
+        self.spatial = spatial
+        self.features = nn.Sequential(
+            nn.ReLU(),
+            nn.AvgPool2d(kernel, 3),
+            nn.Conv2d(c_in, 128, 1, bias=False),
+            bn.make(128),
+            nn.ReLU(),
+            nn.Conv2d(128, 768, remaining, bias=False),
+            bn.make(768),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.spatial or x.shape[-2] != self.spatial:
+            raise ValueError(
+                f"aux head was built for {self.spatial}x{self.spatial} maps, got "
+                f"{tuple(x.shape[-2:])}; build the network with the image_size you train at"
+            )
+        return self.classifier(self.features(x))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything :func:`build_network` needs besides the genotype (saved with runs)."""
+
+    stem: str = "cifar"
+    cells: int = 6
+    filters: int = 32
+    num_classes: int = 10
+    in_chans: int = 3
+    image_size: int = 32
+    stem_multiplier: float = 3.0
+    num_reductions: int = 2
+    skip_reduction_layer_input: bool = False
+    auxiliary: bool = False
+    drop_path_keep_prob: float = 1.0
+    dropout: float = 0.0
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    #: "tf": pools never count padded cells (TensorFlow, Cadene's port); "timm": strided
+    #: average pools count zero padding, as timm's port does.
+    pool_padding: str = "tf"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NASNet(nn.Module):
+    """A NASNet network: stem, stacked cells, head (and an optional auxiliary head).
+
+    ``forward`` returns logits. In training mode with ``auxiliary=True``,
+    :meth:`forward_with_aux` also returns the auxiliary logits.
+    """
+
+    def __init__(self, genotype: Genotype, config: NetworkConfig):
+        super().__init__()
+        validate_genotype(genotype)
+        _check_config(config)
+        self.genotype, self.config = genotype, config
+        self.num_classes = config.num_classes
+        bn = BNConfig(config.bn_eps, config.bn_momentum)
+        self._drop_path_progress = 0.0
+        self.cells = nn.ModuleList()
+        self._cell_inputs: list[tuple[int, int]] = []  # indices into the outputs list
+        self.feature_info: list[dict] = []
+        self._feature_outputs: list[int] = []
+        self.aux_head: AuxHead | None = None
+        self._aux_after: int | None = None
+        self._build(genotype, config, bn)
+        self.num_features = self.cells[-1].out_channels
+        self.head_drop = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(self.num_features, config.num_classes)
+        self._init_weights()
+        self.set_pool_padding(config.pool_padding)
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _build(self, genotype: Genotype, cfg: NetworkConfig, bn: BNConfig) -> None:
+        # Each entry of `outs` describes a tensor of the forward's outputs list:
+        # (channels, stride relative to the input image). Index 0 stands for "None".
+        if cfg.stem == "cifar":
+            c_stem = int(cfg.filters * cfg.stem_multiplier)
+            self.stem = nn.Sequential(
+                nn.Conv2d(cfg.in_chans, c_stem, 3, 1, 1, bias=False), bn.make(c_stem)
+            )
+            outs: list[tuple[int, int] | None] = [None, (c_stem, 1)]
+            self._stem_feature = None
+        else:
+            c_stem = int(32 * cfg.stem_multiplier)
+            self.stem = nn.Sequential(
+                nn.Conv2d(cfg.in_chans, c_stem, 3, 2, 0, bias=False), bn.make(c_stem)
+            )
+            outs = [None, (c_stem, 2)]
+            self._add_feature(1, c_stem, 2, "stem")
+            for k, scale in enumerate((0.25, 0.5)):
+                self._add_cell(genotype.reduction, outs, int(cfg.filters * scale), True, bn)
+                if k == 0:
+                    self._add_feature(len(outs) - 1, outs[-1][0], outs[-1][1], "cells.0")
+        n = cfg.cells
+        reduction_at = {n * (i + 1) for i in range(cfg.num_reductions)}
+        scaling = 1.0
+        for normal_index in range(n * (cfg.num_reductions + 1)):
+            prev_index = None
+            if normal_index in reduction_at:
+                self._add_feature(len(outs) - 1, *outs[-1], f"cells.{len(self.cells) - 1}")
+                scaling *= 2
+                if cfg.skip_reduction_layer_input:
+                    prev_index = len(outs) - 2  # the reduction cell's own h_{i-1}
+                self._add_cell(genotype.reduction, outs, int(cfg.filters * scaling), True, bn)
+            self._add_cell(
+                genotype.normal, outs, int(cfg.filters * scaling), False, bn, prev_index
+            )
+            if cfg.auxiliary and normal_index == max(reduction_at) - 1:
+                self._aux_after = len(self.cells) - 1
+                channels, stride = outs[-1]
+                self.aux_head = AuxHead(
+                    channels, _spatial_size(cfg, stride), cfg.num_classes, bn
+                )
+        self._add_feature(len(outs) - 1, *outs[-1], f"cells.{len(self.cells) - 1}")
+        self.total_cells = len(self.cells)
+
+    def _add_cell(
+        self,
+        cell: Cell,
+        outs: list,
+        channels: int,
+        reduction: bool,
+        bn: BNConfig,
+        prev_index: int | None = None,
+    ) -> None:
+        i_index = len(outs) - 1
+        if prev_index is None:
+            prev_index = len(outs) - 2
+        c_prev, stride = outs[i_index]
+        prev = outs[prev_index]
+        larger = prev is not None and prev[1] < stride
+        module = CellModule(
+            cell, c_prev, None if prev is None else prev[0], channels, reduction, larger, bn
+        )
+        self.cells.append(module)
+        self._cell_inputs.append((i_index, prev_index))
+        outs.append((module.out_channels, stride * (2 if reduction else 1)))
+
+    def _add_feature(self, out_index: int, channels: int, stride: int, module: str) -> None:
+        if self._feature_outputs and self._feature_outputs[-1] == out_index:
+            return
+        self._feature_outputs.append(out_index)
+        self.feature_info.append({"num_chs": channels, "reduction": stride, "module": module})
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def _run_cells(self, x: torch.Tensor, collect: set[int] | None = None):
+        outputs: list[torch.Tensor | None] = [None, self.stem(x)]
+        aux_input = None
+        for k, (cell, (i, p)) in enumerate(zip(self.cells, self._cell_inputs, strict=True)):
+            outputs.append(cell(outputs[i], outputs[p]))
+            if k == self._aux_after:
+                aux_input = outputs[-1]
+        return outputs, aux_input
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batch -> the last cell's output after ReLU (N, num_features, H/s, W/s)."""
+        outputs, _ = self._run_cells(x)
+        return torch.relu(outputs[-1])
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each stage listed in :attr:`feature_info`, shallowest first."""
+        outputs, _ = self._run_cells(x)
+        feats = [outputs[i] for i in self._feature_outputs]
+        feats[-1] = torch.relu(feats[-1])
+        return feats
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x.mean((2, 3)))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and, in training mode with an aux head, the auxiliary logits."""
+        outputs, aux_input = self._run_cells(x)
+        logits = self.forward_head(torch.relu(outputs[-1]))
+        if self.training and self.aux_head is not None and aux_input is not None:
+            return logits, self.aux_head(aux_input)
+        return logits, None
+
+    # -- API ----------------------------------------------------------------------------------
+
+    def set_drop_path_progress(self, progress: float) -> None:
+        """Set the fraction of training done (0..1) for ScheduledDropPath.
+
+        Cell ``c`` of ``T`` keeps each path with probability
+        ``1 - (c + 1) / T * min(1, progress) * (1 - drop_path_keep_prob)``.
+        """
+        self._drop_path_progress = progress
+        drop = 1.0 - self.config.drop_path_keep_prob
+        for c, cell in enumerate(self.cells):
+            keep = 1.0 - (c + 1) / self.total_cells * min(1.0, max(0.0, progress)) * drop
+            cell.set_drop_path_keep(keep)
+
+    def set_pool_padding(self, mode: str) -> None:
+        """Switch average pools between TF semantics ("tf") and timm's port ("timm")."""
+        if mode not in POOL_PADDINGS:
+            raise ValueError(f"pool_padding: unknown {mode!r}; choose 'tf' or 'timm'")
+        self.config = replace(self.config, pool_padding=mode)
+        for m in self.modules():
+            if isinstance(m, AvgPool2dSame):
+                m.count_pad_strided = mode == "timm"
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier (and the aux classifier) for ``num_classes`` outputs."""
+        self.num_classes = num_classes
+        self.classifier = (
+            nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        )
+        if self.aux_head is not None:
+            self.aux_head.classifier = nn.Linear(768, max(num_classes, 1))
+
+
+def _spatial_size(cfg: NetworkConfig, stride: int) -> int:
+    """Spatial size of a map at ``stride`` for the configured input (SAME padding rounds up)."""
+    size = cfg.image_size
+    if cfg.stem == "imagenet":
+        size = (size - 3) // 2 + 1  # conv0: 3x3, stride 2, VALID
+        stride //= 2
+    return math.ceil(size / stride)
+
+
+def _check_config(cfg: NetworkConfig) -> None:
+    if cfg.stem not in STEMS:
+        raise ValueError(f"stem: unknown stem {cfg.stem!r}; choose 'cifar' or 'imagenet'")
+    if cfg.cells < 1:
+        raise ValueError(f"cells: N must be at least 1, got {cfg.cells}")
+    if cfg.filters < 4 if cfg.stem == "imagenet" else cfg.filters < 1:
+        raise ValueError(f"filters: F={cfg.filters} is too small for the {cfg.stem} stem")
+    if not 0.0 < cfg.drop_path_keep_prob <= 1.0:
+        raise ValueError("drop_path_keep_prob: must be in (0, 1]")
+    if cfg.pool_padding not in POOL_PADDINGS:
+        raise ValueError(f"pool_padding: unknown {cfg.pool_padding!r}; choose 'tf' or 'timm'")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError("dropout: must be in [0, 1)")
+
+
+def penultimate_filters(genotype: Genotype, filters: int, num_reductions: int = 2) -> int:
+    """The paper's P of "N @ P" for ``filters``: channels of the last normal cell."""
+    return filters * 2**num_reductions * _normal_width(genotype)
+
+
+def filters_for_penultimate(genotype: Genotype, penultimate: int, num_reductions: int = 2) -> int:
+    """Invert "N @ P": the F whose last normal cell has ``penultimate`` channels."""
+    per_filter = 2**num_reductions * _normal_width(genotype)
+    if penultimate % per_filter:
+        raise ValueError(
+            f"penultimate: {penultimate} is not a multiple of {per_filter} "
+            f"(= 2^{num_reductions} x the normal cell's output width); pass filters= instead"
+        )
+    return penultimate // per_filter
+
+
+def _normal_width(genotype: Genotype) -> int:
+    """Output channels of the normal cell per filter (every concatenated state counted)."""
+    width = [1, 1]
+    for block in genotype.normal.blocks:
+        width.append(2 if block.combine == "concat" else 1)
+    return sum(width[i] for i in genotype.normal.output_states())
+
+
+def build_network(
+    genotype: Genotype,
+    stem: str = "cifar",
+    cells: int = 6,
+    filters: int | None = None,
+    penultimate: int | None = None,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    **options,
+) -> NASNet:
+    """Build a NASNet network from any genotype: ``cells`` normal cells per stage, sized by
+    ``filters`` (F) or by the paper's penultimate width ``penultimate`` (P of "N @ P").
+
+    Other options are the fields of :class:`NetworkConfig` (``image_size``, ``auxiliary``,
+    ``drop_path_keep_prob``, ``dropout``, ``stem_multiplier``, ``skip_reduction_layer_input``,
+    ``bn_eps``, ``bn_momentum``, ``num_reductions``).
+    """
+    if (filters is None) == (penultimate is None):
+        raise ValueError("give exactly one of filters= (F) or penultimate= (P of 'N @ P')")
+    if filters is None:
+        filters = filters_for_penultimate(
+            genotype, penultimate, options.get("num_reductions", 2)
+        )
+    unknown = set(options) - set(NetworkConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"build_network: unknown option(s) {', '.join(sorted(unknown))}")
+    if stem == "imagenet":
+        options.setdefault("image_size", 224)
+        options.setdefault("stem_multiplier", 3.0)
+    config = NetworkConfig(
+        stem=stem,
+        cells=cells,
+        filters=filters,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        **options,
+    )
+    return NASNet(genotype, config)

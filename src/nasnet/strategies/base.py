@@ -1,0 +1,159 @@
+"""The interface every search strategy implements, and helpers to save its state.
+
+A strategy is driven by the search loop (:mod:`nasnet.search`)::
+
+    proposal = strategy.ask()            # a genotype plus what the strategy needs to learn
+    ...                                  # the child trains (possibly while others are asked)
+    strategy.tell(proposal, reward)      # reward None = the child failed
+
+Results may be told in any order and long after other proposals were asked.
+``tell`` returns True when the strategy reached a checkpoint (after a controller update, or
+every ``checkpoint_every`` results for strategies without updates); the search loop then saves
+:meth:`Strategy.state_dict` so that a resumed search restores it and replays what followed.
+
+State dicts hold only tensors, numbers, strings, lists, tuples, dicts and None, so they
+round-trip through ``torch.save`` / ``torch.load(weights_only=True)``
+(:func:`state_to_bytes`, :func:`state_from_bytes`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nasnet.space import Genotype, SearchSpace
+
+#: Results between two saved states of strategies that have no batch update of their own.
+CHECKPOINT_EVERY = 20
+
+
+@dataclass
+class Proposal:
+    """One child to train: its genotype, the strategy's own bookkeeping ``data``
+    (JSON-serialisable: the actions, the log-probability at sampling time, the parent, ...)
+    and the strategy's running number ``id`` (0, 1, 2, ... in the order asked)."""
+
+    id: int
+    genotype: Genotype
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "genotype": self.genotype.to_dict(), "data": self.data}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Proposal:
+        return cls(int(data["id"]), Genotype.from_dict(data["genotype"]), dict(data["data"]))
+
+
+class Strategy(ABC):
+    """Base class: a strategy over ``space`` seeded by ``seed``."""
+
+    #: Registry name (``ppo``, ``reinforce``, ``random``, ``evolution``).
+    name: str = ""
+
+    def __init__(self, space: SearchSpace, seed: int) -> None:
+        self.space = space
+        self.seed = seed
+        self.asked = 0
+        self.told = 0
+        self.failed = 0
+
+    @abstractmethod
+    def ask(self) -> Proposal:
+        """Propose the next child."""
+
+    @abstractmethod
+    def tell(self, proposal: Proposal, reward: float | None) -> bool:
+        """Learn from a child's reward (None when it failed); True at a checkpoint."""
+
+    def options(self) -> dict[str, Any]:
+        """The strategy's hyper-parameters (recorded with its state)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, RNG, pending batch."""
+        return {
+            "name": self.name,
+            "options": self.options(),
+            "counters": {"asked": self.asked, "told": self.told, "failed": self.failed},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (of a strategy built with the same options)."""
+        if state.get("name") != self.name:
+            raise ValueError(f"state is of strategy {state.get('name')!r}, not {self.name!r}")
+        counters = state["counters"]
+        self.asked, self.told, self.failed = counters["asked"], counters["told"], counters["failed"]
+
+    def _count_tell(self, reward: float | None) -> None:
+        self.told += 1
+        if reward is None:
+            self.failed += 1
+
+
+def python_rng_state(rng: random.Random) -> list:
+    """``random.Random`` state as nested lists (safe for ``weights_only`` loading)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_python_rng_state(rng: random.Random, state: list) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
+def state_to_bytes(state: dict[str, Any]) -> bytes:
+    """Serialise a state dict with ``torch.save``."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def state_from_bytes(blob: bytes) -> dict[str, Any]:
+    """Inverse of :func:`state_to_bytes` (``weights_only`` loading: no code is run)."""
+    return torch.load(io.BytesIO(blob), weights_only=True)
+
+
+def state_digest(state: Any) -> str:
+    """A hex digest of a state dict's content (tensors by value), for equality checks."""
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{list(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(value, dict):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _feed(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, list | tuple):
+        digest.update(b"[")
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(repr(value).encode())
+
+
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "Proposal",
+    "Strategy",
+    "python_rng_state",
+    "set_python_rng_state",
+    "state_digest",
+    "state_from_bytes",
+    "state_to_bytes",
+]

@@ -1,0 +1,558 @@
+"""Child training: SGD with momentum, cosine decay, ScheduledDropPath, aux head, resumable runs.
+
+:func:`train` trains one child network and returns a result record; it never raises (a failure
+is ``status="failed"`` with a ``reason``). With ``out_dir`` it writes ``config.json``,
+``metrics.jsonl``, ``checkpoint.pt`` (after every epoch) and ``result.json``, and calling it again
+with the same directory resumes from the checkpoint. The data order, augmentation and drop-path
+draws of epoch ``e`` are seeded from ``(seed, e)``, and every RNG is saved in the checkpoint, so a
+resumed run ends with exactly the metrics of an uninterrupted one (same thread count).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasnet.data import Augment, Dataset, load_dataset
+from nasnet.space import Genotype, load_genotype
+
+#: Called with one event dict: ``kind`` is ``start``, ``step`` or ``epoch``.
+ProgressFn = Callable[[dict], None]
+
+#: Config fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = frozenset({"threads", "eval_test", "eval_batch_size"})
+
+#: Metrics that depend on the wall clock (everything else is a function of the seed).
+TIMING_KEYS = frozenset({"seconds", "images_per_sec"})
+
+CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE = (
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "result.json",
+)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self) -> None:
+        super().__init__("non-finite loss")
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one child run (saved as ``config.json``).
+
+    The defaults train NASNet-A with N=2, F=12 on the built-in digits data (16x16) in about two
+    minutes on two CPU cores. NASNet's own CIFAR-10 recipe (N=6, F=32, 600 epochs, batch 32,
+    lr 0.025, weight decay 5e-4, clip 5, aux 0.4, drop-path keep 0.6) is these fields set
+    accordingly.
+    """
+
+    dataset: str = "digits"
+    genotype: str | dict = "nasnet_a"
+    cells: int = 2
+    filters: int = 12
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    grad_clip: float = 5.0
+    auxiliary: bool = True
+    aux_weight: float = 0.4
+    label_smoothing: float = 0.0
+    drop_path_keep_prob: float = 0.6
+    dropout: float = 0.0
+    cutout: int = 0
+    ema_decay: float | None = None
+    image_size: int | None = None
+    stem: str = "cifar"
+    channels_last: bool = True
+    threads: int | None = None
+    seed: int = 0
+    eval_test: bool = True
+    eval_batch_size: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range field."""
+        positive = ("cells", "filters", "epochs", "batch_size", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.drop_path_keep_prob <= 1:
+            raise ValueError(
+                f"drop_path_keep_prob must be in (0, 1], got {self.drop_path_keep_prob}"
+            )
+        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("dropout and label_smoothing must be in [0, 1)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.cutout < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("cutout, weight_decay and grad_clip must not be negative")
+
+
+def resolve_genotype(spec: str | dict | Genotype) -> Genotype:
+    """A genotype from a name in :data:`nasnet.genotypes.GENOTYPES`, a JSON file, or a dict."""
+    from nasnet.genotypes import GENOTYPES
+
+    if isinstance(spec, Genotype):
+        return spec
+    if isinstance(spec, dict):
+        return Genotype.from_dict(spec)
+    if spec in GENOTYPES:
+        return GENOTYPES[spec]
+    if os.path.exists(spec) or spec.endswith(".json"):
+        return load_genotype(spec)
+    raise ValueError(f"unknown genotype {spec!r}; use {', '.join(GENOTYPES)} or a JSON file")
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Single-period cosine decay from ``base`` at step 0 towards 0 at ``total``."""
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that is a fixed function of ``parts`` (e.g. ``seed, epoch, stream``)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]) >> 1
+
+
+def build_model(genotype: Genotype, config: TrainConfig, data: Dataset) -> nn.Module:
+    """The child network for ``data`` (seeded from ``config.seed``)."""
+    from nasnet.network import build_network
+
+    torch.manual_seed(config.seed)
+    model = build_network(
+        genotype, stem=config.stem, cells=config.cells, filters=config.filters,
+        num_classes=data.num_classes, in_chans=data.channels, image_size=data.image_size,
+        auxiliary=config.auxiliary, drop_path_keep_prob=config.drop_path_keep_prob,
+        dropout=config.dropout,
+    )  # fmt: skip
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        mine, theirs = list(self.model.parameters()), list(model.parameters())
+        torch._foreach_lerp_(mine, theirs, 1.0 - self.decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augment: Augment, batch: int
+) -> tuple[float, float]:
+    """``(mean cross-entropy, accuracy)`` of ``model`` in eval mode on uint8 ``images``."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for x, y in zip(images.split(batch), labels.split(batch), strict=True):
+        logits = model(augment.normalize(x))
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    n = max(len(labels), 1)
+    return total_loss / n, correct / n
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """State of one training run; :meth:`execute` does the work."""
+
+    def __init__(
+        self,
+        genotype: Genotype,
+        config: TrainConfig,
+        data: Dataset,
+        out_dir: str | None,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.config, self.data, self.out_dir, self.progress = config, data, out_dir, progress
+        self.genotype = genotype
+        self.model = build_model(genotype, config, data)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
+        )  # fmt: skip
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
+        self.augment = Augment.for_dataset(data, config.cutout, config.channels_last)
+        self.aug_gen = torch.Generator()
+        n_train = len(data.train_y)
+        self.batch = min(config.batch_size, n_train)
+        self.steps_per_epoch = n_train // self.batch
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.epoch, self.history, self.train_images, self.train_seconds = 0, [], 0, 0.0
+        self.started, self.prior_seconds = time.perf_counter(), 0.0
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "history": self.history,
+            "seconds": self.seconds,
+            "train_seconds": self.train_seconds,
+            "train_images": self.train_images,
+            "rng": _rng_state(self.aug_gen),
+        }
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        self.epoch, self.history = state["epoch"], list(state["history"])
+        self.prior_seconds, self.train_images = state["seconds"], state["train_images"]
+        self.train_seconds = state["train_seconds"]
+        _set_rng_state(state["rng"], self.aug_gen)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def execute(self) -> dict:
+        self._emit(kind="start", epoch=self.epoch, epochs=self.config.epochs,
+                   steps_per_epoch=self.steps_per_epoch)  # fmt: skip
+        while self.epoch < self.config.epochs:
+            metrics = self.train_epoch()
+            if self.out_dir:
+                self.save()
+            self._emit(kind="epoch", **metrics)
+        test = self.evaluate("test")[1] if self.config.eval_test else None
+        return self.result("done", "", test)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of this run, over all the sessions that resumed it."""
+        return self.prior_seconds + time.perf_counter() - self.started
+
+    def train_epoch(self) -> dict:
+        tic = time.perf_counter()
+        self._seed_epoch()
+        order = torch.randperm(len(self.data.train_y), generator=self._epoch_gen(0))
+        self.model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i in range(self.steps_per_epoch):
+            idx = order[i * self.batch : (i + 1) * self.batch]
+            loss, hits = self.step(idx, self.epoch * self.steps_per_epoch + i)
+            loss_sum, correct, seen = loss_sum + loss * len(idx), correct + hits, seen + len(idx)
+            rate = seen / max(time.perf_counter() - tic, 1e-9)
+            self._emit(kind="step", epoch=self.epoch + 1, step=i + 1, loss=loss,
+                       accuracy=correct / seen, images_per_sec=rate)  # fmt: skip
+        train_time = time.perf_counter() - tic
+        self.train_seconds += train_time
+        self.train_images += seen
+        self.epoch += 1
+        val_loss, val_acc = self.evaluate("val")
+        metrics = {
+            "epoch": self.epoch,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": self._lr(self.epoch * self.steps_per_epoch - 1),
+            "seconds": time.perf_counter() - tic,
+            "images_per_sec": seen / max(train_time, 1e-9),
+        }
+        self.history.append(metrics)
+        return metrics
+
+    def step(self, idx: torch.Tensor, step: int) -> tuple[float, int]:
+        """One SGD step on the training examples ``idx``; returns (loss, correct count)."""
+        x = self.augment(self.data.train_x[idx], self.aug_gen)
+        y = self.data.train_y[idx]
+        self.model.set_drop_path_progress(step / max(self.total_steps, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(step)
+        logits, aux = self.model.forward_with_aux(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+        if aux is not None and self.config.aux_weight > 0:
+            aux_loss = F.cross_entropy(aux, y, label_smoothing=self.config.label_smoothing)
+            loss = loss + self.config.aux_weight * aux_loss
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
+
+    def evaluate(self, split: str) -> tuple[float, float]:
+        model = self.ema.model if self.ema is not None else self.model
+        x, y = self.data.split(split)
+        return evaluate_model(model, x, y, self.augment, self.config.eval_batch_size)
+
+    def _lr(self, step: int) -> float:
+        return cosine_lr(self.config.lr, step, self.total_steps)
+
+    def _epoch_gen(self, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.config.seed, self.epoch, stream))
+
+    def _seed_epoch(self) -> None:
+        """Seed augmentation and the global RNGs (drop path) from ``(seed, epoch)``."""
+        self.aug_gen.manual_seed(derive_seed(self.config.seed, self.epoch, 1))
+        seed = derive_seed(self.config.seed, self.epoch, 2)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+
+    def _emit(self, **event) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+    # -- results ------------------------------------------------------------------------------
+
+    def result(self, status: str, reason: str, test_accuracy: float | None) -> dict:
+        from nasnet.counting import count_mult_adds, count_params
+
+        last = self.history[-1] if self.history else {}
+        size = (self.data.channels, self.data.image_size, self.data.image_size)
+        return {
+            "status": status,
+            "reason": reason,
+            "val_accuracy": last.get("val_accuracy"),
+            "val_loss": last.get("val_loss"),
+            "test_accuracy": test_accuracy,
+            "train_accuracy": last.get("train_accuracy"),
+            "loss_curve": [m["train_loss"] for m in self.history],
+            "val_curve": [m["val_accuracy"] for m in self.history],
+            "params": count_params(self.model),
+            "mult_adds": count_mult_adds(self.model, size),
+            "seconds": self.seconds,
+            "images_per_sec": self.train_images / max(self.train_seconds, 1e-9),
+            "epochs_done": self.epoch,
+            "epochs": self.config.epochs,
+            "genotype_hash": self.genotype.canonical_hash(),
+        }
+
+    def save(self) -> None:
+        assert self.out_dir is not None
+        _atomic_torch_save(self.state(), os.path.join(self.out_dir, CHECKPOINT_FILE))
+        lines = "".join(json.dumps(m) + "\n" for m in self.history)
+        _atomic_write(os.path.join(self.out_dir, METRICS_FILE), lines)
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def train(
+    genotype: Genotype | str | dict | None = None,
+    config: TrainConfig | None = None,
+    out_dir: str | None = None,
+    progress: ProgressFn | None = None,
+    dataset: Dataset | None = None,
+) -> dict:
+    """Train one child and return its result record; never raises (except KeyboardInterrupt).
+
+    ``genotype`` defaults to ``config.genotype``; ``dataset`` (already loaded) skips loading
+    ``config.dataset``. The record holds ``status`` (``done`` or ``failed``), ``reason``,
+    ``val_accuracy``, ``test_accuracy`` (when ``config.eval_test``), ``loss_curve``, ``params``,
+    ``mult_adds``, ``seconds``, ``images_per_sec`` and ``epochs_done``. Without ``out_dir`` no
+    file is read or written.
+    """
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    run: _Run | None = None
+    try:
+        run = _prepare(genotype, config, out_dir, progress, dataset)
+        result = run.execute()
+    except Exception as err:
+        reason = str(err) or type(err).__name__
+        result = _failed_result(run, reason, started)
+    if out_dir:
+        _write_result(out_dir, result)
+    return result
+
+
+def _prepare(
+    genotype: Genotype | str | dict | None,
+    config: TrainConfig,
+    out_dir: str | None,
+    progress: ProgressFn | None,
+    dataset: Dataset | None,
+) -> _Run:
+    config.check()
+    genotype = resolve_genotype(config.genotype if genotype is None else genotype)
+    config = dataclasses.replace(config, genotype=genotype.to_dict())
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if out_dir:
+        _claim_out_dir(out_dir, config)
+    data = dataset if dataset is not None else load_dataset(config.dataset, config.image_size)
+    run = _Run(genotype, config, data, out_dir, progress)
+    checkpoint = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
+    if checkpoint and os.path.exists(checkpoint):
+        run.load(torch.load(checkpoint, weights_only=True))
+    return run
+
+
+def _failed_result(run: _Run | None, reason: str, started: float) -> dict:
+    if run is not None:
+        try:
+            return run.result("failed", reason, None)
+        except Exception:
+            pass
+    return {
+        "status": "failed", "reason": reason, "val_accuracy": None, "test_accuracy": None,
+        "loss_curve": [], "params": None, "mult_adds": None,
+        "seconds": time.perf_counter() - started, "images_per_sec": None, "epochs_done": 0,
+    }  # fmt: skip
+
+
+def _claim_out_dir(out_dir: str, config: TrainConfig) -> None:
+    """Create ``out_dir`` with ``config.json``, or check that it holds the same run."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        new = config.to_dict()
+        changed = [k for k in new if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds a run with different {', '.join(changed)}; "
+                "rerun with the same options to resume, or use a new output directory"
+            )
+    _atomic_write(path, config.to_json())
+
+
+def _write_result(out_dir: str, result: dict) -> None:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        _atomic_write(os.path.join(out_dir, RESULT_FILE), json.dumps(result, indent=2) + "\n")
+    except OSError as err:
+        if result["status"] == "done":
+            result.update(status="failed", reason=f"cannot write {RESULT_FILE}: {err}")
+
+
+def evaluate(out_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dict:
+    """Reload the model saved in ``out_dir`` and re-evaluate it; returns accuracy and loss
+    per split (``val_accuracy``, ``test_loss``, ...) plus ``epochs_done``.
+
+    Raises ``FileNotFoundError`` when ``out_dir`` holds no run, ``ValueError`` for a bad one.
+    """
+    config, genotype, state = _load_run(out_dir)
+    data = load_dataset(config.dataset, config.image_size)
+    model = build_model(genotype, config, data)
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    augment = Augment.for_dataset(data, 0, config.channels_last)
+    report: dict = {"epochs_done": state["epoch"], "dataset": config.dataset}
+    for split in splits:
+        x, y = data.split(split)
+        loss, acc = evaluate_model(model, x, y, augment, config.eval_batch_size)
+        report.update({f"{split}_loss": loss, f"{split}_accuracy": acc, f"{split}_size": len(y)})
+    return report
+
+
+def _load_run(out_dir: str) -> tuple[TrainConfig, Genotype, dict]:
+    config_path = os.path.join(out_dir, CONFIG_FILE)
+    checkpoint = os.path.join(out_dir, CHECKPOINT_FILE)
+    for path in (config_path, checkpoint):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found; is {out_dir} a 'nasnet train' output?")
+    with open(config_path, encoding="utf-8") as fh:
+        config = TrainConfig.from_dict(json.load(fh))
+    return config, resolve_genotype(config.genotype), torch.load(checkpoint, weights_only=True)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _rng_state(aug_gen: torch.Generator) -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "augment": aug_gen.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict, aug_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    aug_gen.set_state(state["augment"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj: object, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "EMA",
+    "NonFiniteLoss",
+    "TrainConfig",
+    "build_model",
+    "cosine_lr",
+    "derive_seed",
+    "evaluate",
+    "evaluate_model",
+    "resolve_genotype",
+    "train",
+]
