@@ -1,4 +1,5 @@
-from nasnet.cli import main
 import sys
+
+from nasnet.cli import main
 
 sys.exit(main())

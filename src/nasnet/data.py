@@ -47,6 +47,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 class DatasetError(ValueError):
     """A dataset spec or file is unusable; the message names the problem and the fix."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))  # always one line
+
 
 @dataclass
 class Dataset:
@@ -264,6 +267,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
     }
@@ -348,8 +352,12 @@ def _read_cifar_tar(path: str, names: list[str], what: str, hint: str) -> dict[s
                 if member.isfile() and base in names and base not in found:
                     found[base] = tar.extractfile(member).read()
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
-        reason = "truncated or corrupt" if _looks_compressed(path) else "not a tar archive"
-        raise DatasetError(f"{path}: {reason} ({err}); {hint} (download it again)") from None
+        if not _looks_compressed(path):
+            raise DatasetError(f"{path}: not a tar archive; {hint}") from None
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DatasetError(
+            f"{path}: truncated or corrupt archive ({detail}); {hint} (download it again)"
+        ) from None
     missing = [n for n in names if n not in found]
     if missing:
         raise DatasetError(f"{path}: not a {what} archive (no {missing[0]} inside); {hint}")

@@ -61,9 +61,7 @@ class CellModule(nn.Module):
         if c_prev_prev is None:  # TF-slim feeds the raw h_i input as h_{i-1}, unprojected
             self.pre_prev, c_h1 = nn.Identity(), c_prev
         else:
-            self.pre_prev, c_h1 = self._prev_adjustment(
-                c_prev_prev, channels, prev_prev_larger, bn
-            )
+            self.pre_prev, c_h1 = self._prev_adjustment(c_prev_prev, channels, prev_prev_larger, bn)
         state_channels = [channels, c_h1]
         self.ops = nn.ModuleList()
         self.drop_paths = nn.ModuleList()
@@ -113,7 +111,8 @@ class CellModule(nn.Module):
 
 
 class AuxHead(nn.Module):
-    """ReLU -> 5x5/3 avg pool (VALID) -> 1x1 conv 128 -> BN -> ReLU -> conv to 768 -> BN -> ReLU -> FC.
+    """The auxiliary classifier: ReLU, 5x5/3 avg pool (VALID), 1x1 conv 128, BN, ReLU,
+    conv to 768, BN, ReLU, FC.
 
     The second convolution's kernel covers the whole remaining map, so its size depends on the
     input size; for maps under 5 pixels the pool shrinks to the map size.
@@ -188,6 +187,7 @@ class NASNet(nn.Module):
         bn = BNConfig(config.bn_eps, config.bn_momentum)
         self._drop_path_progress = 0.0
         self.cells = nn.ModuleList()
+        self.cell_names: list[str] = []  # TF-slim's scope names, in forward order
         self._cell_inputs: list[tuple[int, int]] = []  # indices into the outputs list
         self.feature_info: list[dict] = []
         self._feature_outputs: list[int] = []
@@ -220,6 +220,7 @@ class NASNet(nn.Module):
             outs = [None, (c_stem, 2)]
             self._add_feature(1, c_stem, 2, "stem")
             for k, scale in enumerate((0.25, 0.5)):
+                self.cell_names.append(f"cell_stem_{k}")
                 self._add_cell(genotype.reduction, outs, int(cfg.filters * scale), True, bn)
                 if k == 0:
                     self._add_feature(len(outs) - 1, outs[-1][0], outs[-1][1], "cells.0")
@@ -233,16 +234,14 @@ class NASNet(nn.Module):
                 scaling *= 2
                 if cfg.skip_reduction_layer_input:
                     prev_index = len(outs) - 2  # the reduction cell's own h_{i-1}
+                self.cell_names.append(f"reduction_cell_{sorted(reduction_at).index(normal_index)}")
                 self._add_cell(genotype.reduction, outs, int(cfg.filters * scaling), True, bn)
-            self._add_cell(
-                genotype.normal, outs, int(cfg.filters * scaling), False, bn, prev_index
-            )
+            self.cell_names.append(f"cell_{normal_index}")
+            self._add_cell(genotype.normal, outs, int(cfg.filters * scaling), False, bn, prev_index)
             if cfg.auxiliary and normal_index == max(reduction_at) - 1:
                 self._aux_after = len(self.cells) - 1
                 channels, stride = outs[-1]
-                self.aux_head = AuxHead(
-                    channels, _spatial_size(cfg, stride), cfg.num_classes, bn
-                )
+                self.aux_head = AuxHead(channels, _spatial_size(cfg, stride), cfg.num_classes, bn)
         self._add_feature(len(outs) - 1, *outs[-1], f"cells.{len(self.cells) - 1}")
         self.total_cells = len(self.cells)
 
@@ -427,9 +426,7 @@ def build_network(
     if (filters is None) == (penultimate is None):
         raise ValueError("give exactly one of filters= (F) or penultimate= (P of 'N @ P')")
     if filters is None:
-        filters = filters_for_penultimate(
-            genotype, penultimate, options.get("num_reductions", 2)
-        )
+        filters = filters_for_penultimate(genotype, penultimate, options.get("num_reductions", 2))
     unknown = set(options) - set(NetworkConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"build_network: unknown option(s) {', '.join(sorted(unknown))}")
@@ -445,3 +442,28 @@ def build_network(
         **options,
     )
     return NASNet(genotype, config)
+
+
+def cell_output_shapes(model: NASNet, image_size: int | None = None) -> list[tuple[str, tuple]]:
+    """``(name, (C, H, W))`` of the stem and of every cell's output, in forward order.
+
+    Runs on the meta device when the model lives there, so large models cost nothing.
+    """
+    size = image_size or model.config.image_size
+    shapes: list[tuple[str, tuple]] = []
+    hooks = [model.stem.register_forward_hook(lambda m, i, o: shapes.append(("stem", o.shape[1:])))]
+    for name, cell in zip(model.cell_names, model.cells, strict=True):
+        hooks.append(
+            cell.register_forward_hook(lambda m, i, o, n=name: shapes.append((n, o.shape[1:])))
+        )
+    param = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, model.config.in_chans, size, size, device=param.device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return [(name, tuple(shape)) for name, shape in shapes]

@@ -85,7 +85,9 @@ class MaxPool2dSame(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _is_static(self.kernel, self.stride, 1):
             return F.max_pool2d(x, self.kernel, self.stride, self.kernel // 2)
-        return F.max_pool2d(pad_same(x, self.kernel, self.stride, value=-math.inf), self.kernel, self.stride)
+        return F.max_pool2d(
+            pad_same(x, self.kernel, self.stride, value=-math.inf), self.kernel, self.stride
+        )
 
 
 class AvgPool2dSame(nn.Module):

@@ -29,17 +29,32 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "nasnet_a_cifar": Preset(
-        "nasnet_a", "cifar", 6, 768, 10, 32,
+        "nasnet_a",
+        "cifar",
+        6,
+        768,
+        10,
+        32,
         {"stem_multiplier": 3.0, "drop_path_keep_prob": 0.6, "bn_eps": 1e-5},
         "NASNet-A 6 @ 768, CIFAR stem, 32x32 (paper Table 1: 3.3M params)",
     ),
     "nasnet_a_mobile": Preset(
-        "nasnet_a", "imagenet", 4, 1056, 1000, 224,
+        "nasnet_a",
+        "imagenet",
+        4,
+        1056,
+        1000,
+        224,
         {"stem_multiplier": 1.0, "dropout": 0.5, "bn_eps": 1e-3},
         "NASNet-A 4 @ 1056, ImageNet stem, 224x224 (paper Table 3: 5.3M params, 564M mult-adds)",
     ),
     "nasnet_a_large": Preset(
-        "nasnet_a", "imagenet", 6, 4032, 1000, 331,
+        "nasnet_a",
+        "imagenet",
+        6,
+        4032,
+        1000,
+        331,
         {
             "stem_multiplier": 3.0,
             "skip_reduction_layer_input": True,

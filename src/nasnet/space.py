@@ -208,8 +208,9 @@ def validate_cell(cell: Cell, where: str, ops: Sequence[str] = OPS, num_blocks: 
             if op not in ops:
                 raise GenotypeError(f"{at}.{name}: unknown op {op!r}; choose from {', '.join(ops)}")
         if block.combine not in COMBINES:
+            choices = ", ".join(COMBINES)
             raise GenotypeError(
-                f"{at}.combine: unknown combine {block.combine!r}; choose from {', '.join(COMBINES)}"
+                f"{at}.combine: unknown combine {block.combine!r}; choose from {choices}"
             )
     if cell.concat is not None:
         _validate_concat(cell, where)
@@ -257,7 +258,9 @@ def canonical_cell(cell: Cell) -> list:
     best: list | None = None
     for order in _topological_orders(cell):
         new_index = {i: i for i in range(NUM_CELL_INPUTS)}
-        new_index.update({NUM_CELL_INPUTS + old: NUM_CELL_INPUTS + new for new, old in enumerate(order)})
+        new_index.update(
+            {NUM_CELL_INPUTS + old: NUM_CELL_INPUTS + new for new, old in enumerate(order)}
+        )
         blocks = []
         for old in order:
             b = cell.blocks[old]
@@ -396,7 +399,11 @@ class SearchSpace:
         return [rng.randrange(size) for size in self._sizes]
 
     def to_dict(self) -> dict:
-        return {"num_blocks": self.num_blocks, "ops": list(self.ops), "combines": list(self.combines)}
+        return {
+            "num_blocks": self.num_blocks,
+            "ops": list(self.ops),
+            "combines": list(self.combines),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> SearchSpace:
@@ -423,9 +430,9 @@ def load_genotype(path: str) -> Genotype:
 
 
 __all__ = [
-    "OPS",
     "COMBINES",
     "FORMAT_VERSION",
+    "OPS",
     "Block",
     "Cell",
     "Genotype",

@@ -52,6 +52,10 @@ class NonFiniteLoss(RuntimeError):
         super().__init__("non-finite loss")
 
 
+class RunMismatch(ValueError):
+    """``out_dir`` already holds a run with a different configuration."""
+
+
 @dataclass
 class TrainConfig:
     """Hyperparameters of one child run (saved as ``config.json``).
@@ -382,7 +386,7 @@ class _Run:
     def save(self) -> None:
         assert self.out_dir is not None
         _atomic_torch_save(self.state(), os.path.join(self.out_dir, CHECKPOINT_FILE))
-        lines = "".join(json.dumps(m) + "\n" for m in self.history)
+        lines = "".join(json.dumps(_finite(m), allow_nan=False) + "\n" for m in self.history)
         _atomic_write(os.path.join(self.out_dir, METRICS_FILE), lines)
 
 
@@ -410,6 +414,8 @@ def train(
     try:
         run = _prepare(genotype, config, out_dir, progress, dataset)
         result = run.execute()
+    except RunMismatch as err:  # another run's directory: leave its files alone
+        return _failed_result(None, str(err), started)
     except Exception as err:
         reason = str(err) or type(err).__name__
         result = _failed_result(run, reason, started)
@@ -431,7 +437,9 @@ def _prepare(
     if config.threads:
         torch.set_num_threads(config.threads)
     if out_dir:
-        _claim_out_dir(out_dir, config)
+        check_out_dir(out_dir, config)
+        os.makedirs(out_dir, exist_ok=True)
+        _atomic_write(os.path.join(out_dir, CONFIG_FILE), config.to_json())
     data = dataset if dataset is not None else load_dataset(config.dataset, config.image_size)
     run = _Run(genotype, config, data, out_dir, progress)
     checkpoint = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
@@ -443,7 +451,9 @@ def _prepare(
 def _failed_result(run: _Run | None, reason: str, started: float) -> dict:
     if run is not None:
         try:
-            return run.result("failed", reason, None)
+            result = run.result("failed", reason, None)
+            result.update(val_accuracy=None, val_loss=None, train_accuracy=None)
+            return result
         except Exception:
             pass
     return {
@@ -453,27 +463,31 @@ def _failed_result(run: _Run | None, reason: str, started: float) -> dict:
     }  # fmt: skip
 
 
-def _claim_out_dir(out_dir: str, config: TrainConfig) -> None:
-    """Create ``out_dir`` with ``config.json``, or check that it holds the same run."""
-    os.makedirs(out_dir, exist_ok=True)
+def check_out_dir(out_dir: str, config: TrainConfig) -> None:
+    """Raise :class:`RunMismatch` if ``out_dir`` holds a run that ``config`` cannot resume."""
     path = os.path.join(out_dir, CONFIG_FILE)
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        return
+    try:
         with open(path, encoding="utf-8") as fh:
             saved = json.load(fh)
-        new = config.to_dict()
-        changed = [k for k in new if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
-        if changed:
-            raise ValueError(
-                f"{out_dir} holds a run with different {', '.join(changed)}; "
-                "rerun with the same options to resume, or use a new output directory"
-            )
-    _atomic_write(path, config.to_json())
+    except (OSError, ValueError) as err:
+        raise RunMismatch(f"{path}: unreadable ({err}); use a new output directory") from None
+    new = config.to_dict()
+    new["genotype"] = resolve_genotype(config.genotype).to_dict()
+    changed = [k for k in new if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
+    if changed:
+        raise RunMismatch(
+            f"{out_dir} holds a run with different {', '.join(changed)}; "
+            "rerun with the same options to resume, or use a new output directory"
+        )
 
 
 def _write_result(out_dir: str, result: dict) -> None:
     try:
         os.makedirs(out_dir, exist_ok=True)
-        _atomic_write(os.path.join(out_dir, RESULT_FILE), json.dumps(result, indent=2) + "\n")
+        text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
+        _atomic_write(os.path.join(out_dir, RESULT_FILE), text)
     except OSError as err:
         if result["status"] == "done":
             result.update(status="failed", reason=f"cannot write {RESULT_FILE}: {err}")
@@ -531,6 +545,17 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
+def _finite(value: object) -> object:
+    """``value`` with NaN and infinite floats replaced by None (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _atomic_write(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -547,8 +572,10 @@ def _atomic_torch_save(obj: object, path: str) -> None:
 __all__ = [
     "EMA",
     "NonFiniteLoss",
+    "RunMismatch",
     "TrainConfig",
     "build_model",
+    "check_out_dir",
     "cosine_lr",
     "derive_seed",
     "evaluate",

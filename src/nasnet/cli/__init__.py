@@ -8,7 +8,7 @@ import importlib
 import sys
 
 #: Modules of this package that add subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES = ("info",)
+COMMAND_MODULES = ("info", "train")
 
 
 class UserError(Exception):

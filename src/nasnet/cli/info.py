@@ -1,0 +1,100 @@
+"""``nasnet info NAME|FILE.json``: cells, filters, params, mult-adds and stage shapes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from nasnet.cli import UserError
+from nasnet.counting import count_mult_adds, count_params
+from nasnet.genotypes import GENOTYPES
+from nasnet.network import build_network, cell_output_shapes, penultimate_filters
+from nasnet.registry import PRESETS, create_model, list_models
+from nasnet.space import Cell, Genotype, load_genotype
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "info",
+        help="describe a model preset or a genotype file",
+        description="Print cells, filters, params, mult-adds and the output shape of each stage.",
+    )
+    p.add_argument(
+        "model",
+        help=f"a preset ({', '.join(list_models())}), a genotype name "
+        f"({', '.join(GENOTYPES)}) or a genotype JSON file",
+    )
+    p.add_argument("--image-size", type=int, help="input side in pixels (default: the preset's)")
+    p.add_argument(
+        "--stem",
+        choices=("cifar", "imagenet"),
+        default="cifar",
+        help="stem for a genotype file (default: cifar)",
+    )
+    p.add_argument("--cells", type=int, default=6, help="N for a genotype file (default: 6)")
+    p.add_argument("--filters", type=int, default=32, help="F for a genotype file (default: 32)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs")
+    p.set_defaults(func=run)
+
+
+def resolve_genotype(name: str) -> Genotype:
+    """A known genotype name or a JSON file path -> Genotype (one-line errors)."""
+    if name in GENOTYPES:
+        return GENOTYPES[name]
+    if not os.path.exists(name):
+        raise UserError(f"{name}: no such file, and not a known genotype ({', '.join(GENOTYPES)})")
+    return load_genotype(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    with torch.device("meta"):  # shapes and counts without allocating weights
+        if args.model in PRESETS:
+            overrides = {} if args.image_size is None else {"image_size": args.image_size}
+            model = create_model(args.model, num_classes=args.num_classes, **overrides)
+            genotype = model.genotype
+        else:
+            genotype = resolve_genotype(args.model)
+            size = args.image_size or (32 if args.stem == "cifar" else 224)
+            model = build_network(
+                genotype,
+                stem=args.stem,
+                cells=args.cells,
+                filters=args.filters,
+                num_classes=args.num_classes or (10 if args.stem == "cifar" else 1000),
+                image_size=size,
+            )
+    cfg = model.config
+    console = Console()
+    console.print(f"[bold]{args.model}[/]  hash {genotype.canonical_hash()}")
+    for kind, cell in (("normal", genotype.normal), ("reduction", genotype.reduction)):
+        console.print(describe_cell(kind, cell), markup=False, highlight=False)
+    p = penultimate_filters(genotype, cfg.filters, cfg.num_reductions)
+    console.print(
+        f"stem {cfg.stem}, N={cfg.cells}, F={cfg.filters} ({cfg.cells} @ {p}), "
+        f"{cfg.num_classes} classes, input {cfg.in_chans}x{cfg.image_size}x{cfg.image_size}"
+    )
+    console.print(f"params     {count_params(model):,}")
+    console.print(
+        f"mult-adds  {count_mult_adds(model, (cfg.in_chans, cfg.image_size, cfg.image_size)):,}"
+    )
+    table = Table("stage", "C", "H", "W")
+    for name, (c, h, w) in cell_output_shapes(model):
+        table.add_row(name, str(c), str(h), str(w))
+    console.print(table)
+    return 0
+
+
+def describe_cell(kind: str, cell: Cell) -> str:
+    """A cell as text: one line per block, then the concatenated states."""
+    names = ["h_i", "h_i-1"] + [f"b{k}" for k in range(len(cell.blocks))]
+    lines = [f"{kind} cell:"]
+    for k, b in enumerate(cell.blocks):
+        lines.append(
+            f"  b{k} = {b.combine}({b.op_1}({names[b.input_1]}), {b.op_2}({names[b.input_2]}))"
+        )
+    lines.append("  output = concat(" + ", ".join(names[i] for i in cell.output_states()) + ")")
+    return "\n".join(lines)

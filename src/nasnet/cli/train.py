@@ -1,0 +1,200 @@
+"""``nasnet train`` (train one child network, resumable) and ``nasnet evaluate DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nasnet.cli import UserError
+from nasnet.data import DatasetError, load_dataset
+from nasnet.space import GenotypeError
+from nasnet.train import (
+    CONFIG_FILE,
+    TrainConfig,
+    check_out_dir,
+    evaluate,
+    resolve_genotype,
+    train,
+)
+
+#: Command-line option -> TrainConfig field, for the options that map one to one.
+OPTIONS: dict[str, tuple[str, type, str]] = {
+    "--genotype": ("genotype", str, "nasnet_a, nasnet_a_figure or a genotype JSON file"),
+    "--dataset": ("dataset", str, "digits, cifar10:PATH, cifar100:PATH, folder:PATH, synthetic"),
+    "--cells": ("cells", int, "N, normal cells per stage"),
+    "--filters": ("filters", int, "F, filters of the first stage"),
+    "--epochs": ("epochs", int, "training epochs"),
+    "--batch-size": ("batch_size", int, "training batch size"),
+    "--lr": ("lr", float, "initial learning rate (cosine decay to 0)"),
+    "--momentum": ("momentum", float, "SGD momentum"),
+    "--weight-decay": ("weight_decay", float, "L2 weight decay"),
+    "--grad-clip": ("grad_clip", float, "clip gradients to this global norm (0: off)"),
+    "--drop-path-keep": ("drop_path_keep_prob", float, "ScheduledDropPath keep prob at the end"),
+    "--dropout": ("dropout", float, "dropout before the classifier"),
+    "--cutout": ("cutout", int, "Cutout square side in pixels (0: off)"),
+    "--aux-weight": ("aux_weight", float, "auxiliary head loss weight (0: no aux head)"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing"),
+    "--ema-decay": ("ema_decay", float, "evaluate an EMA of the weights with this decay"),
+    "--image-size": ("image_size", int, "resize images to this side (digits, folder, synthetic)"),
+    "--threads": ("threads", int, "torch threads (default: all cores)"),
+    "--seed": ("seed", int, "random seed"),
+}
+
+
+def register(subparsers) -> None:
+    """Add ``train`` and ``evaluate`` to the ``nasnet`` command."""
+    _register_train(subparsers)
+    p = subparsers.add_parser(
+        "evaluate", help="re-evaluate a trained child", description=evaluate.__doc__
+    )
+    p.add_argument("dir", help="output directory of 'nasnet train'")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run_evaluate)
+
+
+def _register_train(subparsers) -> None:
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "train",
+        help="train one child network (resumable)",
+        description="Train a child network with SGD, cosine decay, ScheduledDropPath and an aux "
+        "head. Rerunning with the same --out resumes from its checkpoint; options not given "
+        "are taken from the saved run, else from the defaults.",
+    )
+    for flag, (name, kind, text) in OPTIONS.items():
+        metavar = {int: "N", float: "X"}.get(kind, "SPEC")
+        p.add_argument(flag, type=kind, dest=name, metavar=metavar,
+                       help=f"{text} (default: {getattr(d, name)})")  # fmt: skip
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_false", default=None,
+                   help="plain momentum instead of Nesterov")  # fmt: skip
+    p.add_argument("--nchw", dest="channels_last", action="store_false", default=None,
+                   help="keep NCHW tensors (default: channels_last, faster on CPU)")  # fmt: skip
+    p.add_argument("--no-test", dest="eval_test", action="store_false", default=None,
+                   help="do not evaluate on the test split at the end")  # fmt: skip
+    p.add_argument("--out", required=True, help="output directory (resumed if it holds a run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, overridden by the run saved in ``--out``, overridden by the given options."""
+    values = TrainConfig().to_dict()
+    saved = os.path.join(args.out, CONFIG_FILE)
+    if os.path.exists(saved):
+        try:
+            with open(saved, encoding="utf-8") as fh:
+                values.update(TrainConfig.from_dict(json.load(fh)).to_dict())
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{saved}: not a nasnet training config ({err})") from None
+    names = [name for name, _, _ in OPTIONS.values()] + ["nesterov", "channels_last", "eval_test"]
+    values.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    if args.aux_weight == 0:
+        values["auxiliary"] = False
+    config = TrainConfig.from_dict(values)
+    try:
+        config.check()
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return config
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        genotype = resolve_genotype(config.genotype)
+        check_out_dir(args.out, config)
+        data = load_dataset(config.dataset, config.image_size)
+    except GenotypeError:
+        raise
+    except (DatasetError, ValueError) as err:
+        raise UserError(str(err)) from None
+    console = Console(stderr=True)
+    console.print(
+        f"{data.summary()}; N={config.cells}, F={config.filters}, {config.epochs} epochs",
+        soft_wrap=True,
+    )
+    with _ProgressBar(console, quiet=args.quiet) as bar:
+        result = train(genotype, config, out_dir=args.out, progress=bar.update, dataset=data)
+    if result["status"] != "done":
+        print(f"nasnet train: child failed: {result['reason']}", file=sys.stderr)
+        return 1
+    print(_summary(result, args.out))
+    return 0
+
+
+def _summary(result: dict, out: str) -> str:
+    test = result["test_accuracy"]
+    test_text = "" if test is None else f", test accuracy {100 * test:.2f} %"
+    return (
+        f"val accuracy {100 * result['val_accuracy']:.2f} %{test_text}; "
+        f"{result['params']:,} params, {result['mult_adds'] / 1e6:.1f} M mult-adds, "
+        f"{result['images_per_sec']:.0f} images/s, {result['seconds']:.0f} s -> {out}"
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        report = evaluate(args.dir)
+    except (DatasetError, ValueError, KeyError) as err:
+        raise UserError(f"{args.dir}: {err}") from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    parts = [
+        f"{split} accuracy {100 * report[f'{split}_accuracy']:.2f} % "
+        f"({report[f'{split}_size']} images, loss {report[f'{split}_loss']:.4f})"
+        for split in ("val", "test")
+    ]
+    print(f"{report['dataset']}, epoch {report['epochs_done']}: " + ", ".join(parts))
+    return 0
+
+
+class _ProgressBar:
+    """A rich progress bar fed by :func:`nasnet.train.train`'s progress events."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console, self.quiet = console, quiet
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=quiet,
+        )
+        self.task = self.progress.add_task("train", total=None, epoch="-", stats="")
+        self.epochs = 0
+
+    def __enter__(self) -> _ProgressBar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "start":
+            self.epochs = event["epochs"]
+            steps = event["steps_per_epoch"]
+            self.progress.update(self.task, total=self.epochs * steps,
+                                 completed=event["epoch"] * steps)  # fmt: skip
+        elif kind == "step":
+            stats = (f"loss {event['loss']:.3f}  acc {event['accuracy']:.3f}  "
+                     f"{event['images_per_sec']:.0f} img/s")  # fmt: skip
+            self.progress.update(self.task, advance=1, stats=stats,
+                                 epoch=f"{event['epoch']}/{self.epochs}")  # fmt: skip
+        elif kind == "epoch" and not self.quiet:
+            self.console.print(
+                f"epoch {event['epoch']}/{self.epochs}  loss {event['train_loss']:.4f}  "
+                f"train {event['train_accuracy']:.4f}  val {event['val_accuracy']:.4f}  "
+                f"{event['images_per_sec']:.0f} img/s  {event['seconds']:.1f} s",
+                soft_wrap=True,
+            )

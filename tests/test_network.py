@@ -1,0 +1,217 @@
+import random
+
+import pytest
+import torch
+
+import nasnet
+from nasnet.genotypes import NASNET_A
+from nasnet.network import build_network, cell_output_shapes, filters_for_penultimate
+from nasnet.ops import DropPath
+from nasnet.space import OPS, Block, Cell, Genotype, SearchSpace
+
+
+def meta_model(name, **kw):
+    with torch.device("meta"):
+        return nasnet.create_model(name, **kw)
+
+
+def test_large_matches_published_counts():
+    model = meta_model("nasnet_a_large", num_classes=1000)
+    assert nasnet.count_params(model) == 88_753_150
+    assert abs(nasnet.count_mult_adds(model, 331) / 1e9 - 23.8) <= 0.1
+
+
+def test_mobile_and_cifar_match_published_counts():
+    mobile = meta_model("nasnet_a_mobile")
+    assert abs(nasnet.count_params(mobile) / 1e6 - 5.3) <= 0.05
+    assert abs(nasnet.count_mult_adds(mobile, 224) / 1e6 - 564) <= 6
+    cifar = meta_model("nasnet_a_cifar", num_classes=10)
+    assert abs(nasnet.count_params(cifar) / 1e6 - 3.3) <= 0.05
+
+
+def test_aux_head_is_left_out_of_the_published_count():
+    with torch.device("meta"):
+        plain = nasnet.create_model("nasnet_a_cifar")
+        aux = nasnet.create_model("nasnet_a_cifar", auxiliary=True)
+    assert nasnet.count_params(aux) == nasnet.count_params(plain)
+    assert nasnet.count_params(aux, include_aux=True) > nasnet.count_params(plain) + 1_000_000
+
+
+def stage_table(model, n):
+    """Shapes in the reference table's columns: stem out, cells 0..N-1, red0, middle, red1, last."""
+    shapes = dict(cell_output_shapes(model))
+    stem = shapes.get("cell_stem_1", shapes["stem"])
+    return [
+        stem,
+        shapes[f"cell_{n - 1}"],
+        shapes["reduction_cell_0"],
+        shapes[f"cell_{2 * n - 1}"],
+        shapes["reduction_cell_1"],
+        shapes[f"cell_{3 * n - 1}"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, n, expected",
+    [
+        ("nasnet_a_cifar", 6, [(96, 32), (192, 32), (256, 16), (384, 16), (512, 8), (768, 8)]),
+        ("nasnet_a_mobile", 4, [(88, 28), (264, 28), (352, 14), (528, 14), (704, 7), (1056, 7)]),
+        (
+            "nasnet_a_large",
+            6,
+            [(336, 42), (1008, 42), (1344, 21), (2016, 21), (2688, 11), (4032, 11)],
+        ),
+    ],
+)
+def test_stage_shapes_match_reference_table(name, n, expected):
+    model = meta_model(name)
+    table = stage_table(model, n)
+    assert [(c, h) for c, h, w in table] == expected
+    assert all(h == w for _, h, w in table)
+    shapes = dict(cell_output_shapes(model))
+    assert all(shapes[f"cell_{k}"] == table[1] for k in range(n))  # every cell of a stage
+
+
+def test_penultimate_sizing_equals_filters():
+    assert filters_for_penultimate(NASNET_A, 4032) == 168
+    assert filters_for_penultimate(NASNET_A, 1056) == 44
+    with pytest.raises(ValueError, match="not a multiple"):
+        filters_for_penultimate(NASNET_A, 1538)
+    a = build_network(NASNET_A, cells=1, penultimate=96)
+    b = build_network(NASNET_A, cells=1, filters=4)
+    assert nasnet.count_params(a) == nasnet.count_params(b)
+
+
+def test_feature_info_and_api():
+    model = build_network(NASNET_A, stem="imagenet", cells=1, filters=8, image_size=64)
+    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8, 16, 32]
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_intermediates(x)
+    assert [f.shape[-1] for f in feats] == [31, 16, 8, 4, 2]  # conv0 is VALID: (64-3)//2+1
+    assert [f.shape[1] for f in feats] == [info["num_chs"] for info in model.feature_info]
+    assert model.forward_features(x).shape[1] == model.num_features
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7) and model.num_classes == 7
+    cifar = build_network(NASNET_A, cells=1, filters=4)
+    assert [f["reduction"] for f in cifar.feature_info] == [1, 2, 4]
+
+
+def drop_rates(model, x):
+    """Fraction of examples zeroed by each DropPath of the last cell."""
+    rates = []
+
+    def hook(module, inputs, output):
+        zeroed = (output.flatten(1).abs().sum(1) == 0) & (inputs[0].flatten(1).abs().sum(1) > 0)
+        rates.append(zeroed.float().mean().item())
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.cells[-1].drop_paths if isinstance(m, DropPath)
+    ]
+    model(x)
+    for h in handles:
+        h.remove()
+    return rates
+
+
+def test_scheduled_drop_path():
+    torch.manual_seed(0)
+    model = build_network(NASNET_A, cells=1, filters=4, drop_path_keep_prob=0.6)
+    x = torch.randn(4000, 3, 8, 8)
+    model.train()
+    model.set_drop_path_progress(0.0)
+    assert max(drop_rates(model, x)) == 0.0
+    model.set_drop_path_progress(1.0)
+    rates = drop_rates(model, x)
+    assert len(rates) == 8  # NASNet-A normal cell: 10 ops, 2 identities never dropped
+    assert all(abs(r - 0.4) <= 0.02 for r in rates), rates
+    # earlier cells drop less: keep = 1 - (c+1)/T * progress * (1 - keep_prob)
+    first = [m.keep_prob for m in model.cells[0].drop_paths if isinstance(m, DropPath)]
+    assert first[0] == pytest.approx(1 - 1 / len(model.cells) * 0.4)
+    model.set_drop_path_progress(0.5)
+    last = [m.keep_prob for m in model.cells[-1].drop_paths if isinstance(m, DropPath)]
+    assert last[0] == pytest.approx(0.8)
+    model.eval()
+    model.set_drop_path_progress(1.0)
+    assert max(drop_rates(model, x)) == 0.0
+
+
+def test_identity_paths_are_never_dropped():
+    model = build_network(NASNET_A, cells=1, filters=4, drop_path_keep_prob=0.5)
+    kinds = [type(m).__name__ for m in model.cells[-1].drop_paths]
+    ops = [op for b in NASNET_A.normal.blocks for op in (b.op_1, b.op_2)]
+    assert [k == "Identity" for k in kinds] == [op == "identity" for op in ops]
+
+
+def coverage_genotypes():
+    """Deterministic genotypes that put every op in both cells, on cell inputs and on
+    earlier blocks, under both combines."""
+    genotypes = []
+    for k, op in enumerate(OPS):
+        other = OPS[(k + 5) % len(OPS)]
+        cell = Cell(
+            (
+                Block(0, 1, op, other, "add"),
+                Block(2, 0, op, op, "concat"),
+                Block(3, 1, other, op, "add"),
+                Block(2, 4, op, other, "concat"),
+                Block(5, 4, op, "identity", "add"),
+            )
+        )
+        genotypes.append(Genotype(cell, cell))
+    return genotypes
+
+
+def random_genotypes(n, seed):
+    rng = random.Random(seed)
+    return [SearchSpace().sample(rng) for _ in range(n)]
+
+
+def run_forward_backward(genotype, stem, size):
+    model = build_network(
+        genotype,
+        stem=stem,
+        cells=1,
+        filters=8,
+        num_classes=3,
+        image_size=size,
+        auxiliary=True,
+        drop_path_keep_prob=0.7,
+    )
+    model.train()
+    model.set_drop_path_progress(0.5)
+    x = torch.randn(2, 3, size, size)
+    logits, aux = model.forward_with_aux(x)
+    assert logits.shape == (2, 3) and aux.shape == (2, 3)
+    (logits.sum() + aux.sum()).backward()
+    assert torch.isfinite(logits).all()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("stem, size", [("cifar", 32), ("imagenet", 64)])
+def test_every_op_and_200_random_genotypes_run(stem, size):
+    torch.manual_seed(0)
+    for genotype in coverage_genotypes() + random_genotypes(200, seed=1):
+        run_forward_backward(genotype, stem, size)
+
+
+def test_odd_and_even_sizes_work_with_stride_two():
+    for size in (30, 31, 33):
+        model = build_network(NASNET_A, stem="cifar", cells=1, filters=4, image_size=size)
+        assert model(torch.randn(1, 3, size, size)).shape == (1, 10)
+
+
+def test_concat_blocks_double_channels():
+    cell = Cell((Block(0, 1, "conv_1x1", "identity", "concat"),))
+    model = build_network(Genotype(cell, cell), cells=1, filters=4)
+    shapes = dict(cell_output_shapes(model))
+    assert shapes["cell_0"][0] == 8  # one concat block of two 4-channel ops
+
+
+def test_bad_configuration_is_reported():
+    with pytest.raises(ValueError, match="exactly one"):
+        build_network(NASNET_A, cells=1)
+    with pytest.raises(ValueError, match="stem"):
+        build_network(NASNET_A, stem="mnist", cells=1, filters=4)
+    with pytest.raises(TypeError, match="unknown option"):
+        build_network(NASNET_A, cells=1, filters=4, colour=True)
