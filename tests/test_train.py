@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +100,20 @@ def test_same_seed_same_result_other_seed_differs(data):
     c = train(NASNET_A, tiny(seed=2), dataset=data)
     assert all(a[k] == b[k] for k in keys)
     assert a["loss_curve"] != c["loss_curve"]
+
+
+def test_train_leaves_the_callers_global_rng_and_threads_alone(data):
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    threads = torch.get_num_threads()
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    train(NASNET_A, tiny(threads=threads + 1), dataset=data)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+    assert torch.get_num_threads() == threads
 
 
 def test_nchw_and_channels_last_train_the_same_network(data):

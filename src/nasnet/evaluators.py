@@ -152,7 +152,10 @@ def evaluate_toy(genotype: Genotype, seed: int, options: dict[str, Any]) -> dict
     if _unit(key, "fail") < float(options.get("toy_fail_rate") or 0.0):
         raise RuntimeError("toy child failed on purpose (--toy-fail-rate)")
     reward = toy_reward(
-        genotype, space, int(options.get("toy_target_seed") or 0), float(options.get("toy_noise") or 0)
+        genotype,
+        space,
+        int(options.get("toy_target_seed") or 0),
+        float(options.get("toy_noise") or 0),
     )
     params, mult_adds = toy_cost(genotype)
     return {"val_accuracy": reward, "params": params, "mult_adds": mult_adds}

@@ -23,6 +23,7 @@ three methods and ``running``, and be added to :data:`EXECUTORS`.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -183,10 +184,9 @@ class LocalExecutor(Executor):
             if worker.trial is None:
                 trial_id, fn_args = self.queue.popleft()
                 worker.trial = (trial_id, time.time())
-                try:
+                # A dead worker cannot take it: _receive then reports the trial as failed.
+                with contextlib.suppress(BrokenPipeError, OSError):
                     worker.conn.send((trial_id, fn_args))
-                except (BrokenPipeError, OSError):
-                    pass  # the worker is dead: _collect reports the trial as failed
 
     def next_result(self, timeout: float | None = None) -> TrialResult | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -225,17 +225,17 @@ class LocalExecutor(Executor):
         code = worker.process.exitcode
         error = f"worker process {worker.process.pid} died (exit code {code})"
         self.results.append(
-            TrialResult(trial_id, {"status": "failed", "error": error}, name, submitted, time.time())
+            TrialResult(
+                trial_id, {"status": "failed", "error": error}, name, submitted, time.time()
+            )
         )
         worker.conn.close()
         self.workers[self.workers.index(worker)] = self._start()
 
     def shutdown(self) -> None:
         for worker in self.workers:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 worker.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
         for worker in self.workers:
             if worker.trial is not None:
                 worker.process.terminate()

@@ -286,10 +286,13 @@ class NASNet(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
 
-    def _run_cells(self, x: torch.Tensor, collect: set[int] | None = None):
+    def _run_cells(self, x: torch.Tensor, last_output: int | None = None):
+        """Run the stem and cells; ``outputs[1]`` is the stem, ``outputs[2 + k]`` cell ``k``."""
         outputs: list[torch.Tensor | None] = [None, self.stem(x)]
         aux_input = None
         for k, (cell, (i, p)) in enumerate(zip(self.cells, self._cell_inputs, strict=True)):
+            if last_output is not None and len(outputs) > last_output:
+                break
             outputs.append(cell(outputs[i], outputs[p]))
             if k == self._aux_after:
                 aux_input = outputs[-1]
@@ -300,12 +303,19 @@ class NASNet(nn.Module):
         outputs, _ = self._run_cells(x)
         return torch.relu(outputs[-1])
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of each stage listed in :attr:`feature_info`, shallowest first."""
-        outputs, _ = self._run_cells(x)
-        feats = [outputs[i] for i in self._feature_outputs]
-        feats[-1] = torch.relu(feats[-1])
-        return feats
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: tuple[int, ...] | None = None
+    ) -> list[torch.Tensor]:
+        """Stage outputs listed in :attr:`feature_info` (all, or those at ``indices``),
+        shallowest first; cells past the deepest one asked for are not run."""
+        indices = tuple(range(len(self.feature_info))) if indices is None else tuple(indices)
+        wanted = [self._feature_outputs[i] for i in indices]
+        outputs, _ = self._run_cells(x, last_output=max(wanted))
+        last = len(self._feature_outputs) - 1
+        return [
+            torch.relu(outputs[o]) if i == last else outputs[o]
+            for i, o in zip(indices, wanted, strict=True)
+        ]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(x.mean((2, 3)))
@@ -467,3 +477,34 @@ def cell_output_shapes(model: NASNet, image_size: int | None = None) -> list[tup
         for h in hooks:
             h.remove()
     return [(name, tuple(shape)) for name, shape in shapes]
+
+
+class NASNetFeatures(nn.Module):
+    """A NASNet as a multi-scale backbone: ``forward`` returns the feature maps at
+    ``out_indices`` of the full model's ``feature_info`` (strides 4, 8, 16, 32 for ImageNet
+    stems by default; 1, 2, 4 for CIFAR ones). The classifier, aux head and unused cells
+    are dropped."""
+
+    def __init__(self, model: NASNet, out_indices: tuple[int, ...] | None = None):
+        super().__init__()
+        if out_indices is None:
+            out_indices = tuple(
+                i for i, f in enumerate(model.feature_info) if f["module"] != "stem"
+            )
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(not 0 <= i < len(model.feature_info) for i in out_indices):
+            raise ValueError(
+                f"out_indices: {out_indices} outside 0..{len(model.feature_info) - 1} "
+                f"(the model's feature_info has {len(model.feature_info)} stages)"
+            )
+        last_cell = max(model._feature_outputs[i] for i in out_indices) - 2
+        model.cells = nn.ModuleList(list(model.cells)[: last_cell + 1])
+        model._cell_inputs = model._cell_inputs[: last_cell + 1]
+        model.classifier = nn.Identity()
+        model.aux_head = None
+        self.body = model
+        self.out_indices = out_indices
+        self.feature_info = [dict(model.feature_info[i]) for i in out_indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.body.forward_intermediates(x, self.out_indices)

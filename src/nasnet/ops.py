@@ -43,11 +43,17 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 def pad_same(x: torch.Tensor, kernel, stride, dilation=1, value: float = 0.0) -> torch.Tensor:
     """Pad ``x`` (N, C, H, W) so that a VALID op afterwards equals TF's SAME op."""
     (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
-    top, bottom = same_padding(x.shape[-2], kh, sh, dh)
-    left, right = same_padding(x.shape[-1], kw, sw, dw)
+    height, width = _spatial(x)
+    top, bottom = same_padding(height, kh, sh, dh)
+    left, right = same_padding(width, kw, sw, dw)
     if top == bottom == left == right == 0:
         return x
     return F.pad(x, (left, right, top, bottom), value=value)
+
+
+def _spatial(x: torch.Tensor) -> tuple[int, int]:
+    """H and W as Python ints (exports fix the spatial size; only the batch stays dynamic)."""
+    return int(x.shape[-2]), int(x.shape[-1])
 
 
 def _is_static(kernel, stride, dilation) -> bool:
@@ -104,14 +110,15 @@ class AvgPool2dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel, self.stride
-        top, bottom = same_padding(x.shape[-2], k, s)
-        left, right = same_padding(x.shape[-1], k, s)
+        height, width = _spatial(x)
+        top, bottom = same_padding(height, k, s)
+        left, right = same_padding(width, k, s)
         if self.count_pad_strided and s > 1:
             return F.avg_pool2d(F.pad(x, (left, right, top, bottom)), k, s)
         if top == bottom and left == right and top <= k // 2 and left <= k // 2:
             return F.avg_pool2d(x, k, s, (top, left), count_include_pad=False)
         summed = F.avg_pool2d(F.pad(x, (left, right, top, bottom)), k, s, divisor_override=1)
-        ones = x.new_ones((1, 1, *x.shape[-2:]))
+        ones = x.new_ones((1, 1, height, width))
         counts = F.avg_pool2d(F.pad(ones, (left, right, top, bottom)), k, s, divisor_override=1)
         return summed / counts
 

@@ -63,20 +63,25 @@ def map_state_dict(model: NASNet, state_dict: dict, source: str = "timm") -> dic
 
 
 def _ordered_cell_names(state_dict: dict, cells_per_stage: int) -> list[str]:
-    """Cell prefixes in forward order: stem cells, then normal cells with reductions between."""
-    keys = {}
+    """Cell prefixes in forward order: stem cells, then normal cells with reduction ``r``
+    after the ``(r + 1) * N``-th normal cell (Cadene's mobile numbering skips indices)."""
+    stems, normals, reductions = {}, {}, {}
     for key in state_dict:
         match = _CELL.match(key)
-        if not match:
-            continue
-        name, stem, normal, reduction = match.group(1, 2, 3, 4)
-        if stem is not None:
-            keys[name] = (-10 + int(stem),)
-        elif normal is not None:
-            keys[name] = (int(normal),)
-        else:
-            keys[name] = (cells_per_stage * (int(reduction) + 1) - 0.5,)
-    return sorted(keys, key=keys.get)
+        if match:
+            name, stem, normal, reduction = match.group(1, 2, 3, 4)
+            if stem is not None:
+                stems[name] = int(stem)
+            elif normal is not None:
+                normals[name] = int(normal)
+            else:
+                reductions[int(reduction)] = name
+    ordered = sorted(stems, key=stems.get)
+    for position, name in enumerate(sorted(normals, key=normals.get)):
+        if position and position % cells_per_stage == 0:
+            ordered.append(reductions.pop(position // cells_per_stage - 1, "missing_reduction"))
+        ordered.append(name)
+    return ordered + [reductions[r] for r in sorted(reductions)]
 
 
 def _map_in_cell(rest: str, key: str) -> str:
@@ -108,13 +113,19 @@ def _conv_bn(tail: str, key: str, first: int = 1) -> str:
     raise WeightMappingError(f"{key}: expected a conv or bn parameter")
 
 
-def load_pretrained(model: NASNet, state_dict: dict, source: str = "timm") -> NASNet:
+def load_pretrained(
+    model: NASNet, state_dict: dict, source: str = "timm", match_source: bool = True
+) -> NASNet:
     """Load a timm or Cadene NASNet-A state_dict into ``model`` (strict).
 
     A 1001-class checkpoint (index 0 = background) loads into a 1000-class model by
-    dropping the background row, as Cadene's ``imagenet`` setting does.
+    dropping the background row, as Cadene's ``imagenet`` setting does. With
+    ``match_source`` the model's pooling follows the port (``pool_padding="timm"`` for timm,
+    TensorFlow's for Cadene), so its logits equal the source model's.
     """
     mapped = map_state_dict(model, state_dict, source)
+    if match_source:
+        model.set_pool_padding("timm" if source == "timm" else "tf")
     weight = mapped.get("classifier.weight")
     if weight is not None and weight.shape[0] == model.num_classes + 1:
         mapped["classifier.weight"] = weight[1:]

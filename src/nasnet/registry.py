@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nasnet.genotypes import GENOTYPES
-from nasnet.network import NASNet, build_network
+from nasnet.network import NASNet, NASNetFeatures, build_network
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,19 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in PRESETS if fnmatch(name, pattern))
 
 
-def create_model(name: str, num_classes: int | None = None, **overrides) -> NASNet:
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    **overrides,
+) -> NASNet | NASNetFeatures:
     """Build the preset ``name``; keyword arguments override the preset's builder arguments
-    (e.g. ``num_classes=10``, ``image_size=256``, ``auxiliary=True``, ``cells=4``)."""
+    (e.g. ``num_classes=10``, ``image_size=256``, ``auxiliary=True``, ``cells=4``).
+
+    With ``features_only=True`` the model is a backbone returning the feature maps at
+    ``out_indices`` of its ``feature_info`` (default: strides 4-32 for ImageNet models).
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
     preset = PRESETS[name]
@@ -90,5 +100,5 @@ def create_model(name: str, num_classes: int | None = None, **overrides) -> NASN
     if "filters" not in overrides:
         kwargs["penultimate"] = preset.penultimate
     kwargs.update(overrides)
-    genotype = GENOTYPES[preset.genotype]
-    return build_network(genotype, **kwargs)
+    model = build_network(GENOTYPES[preset.genotype], **kwargs)
+    return NASNetFeatures(model, out_indices) if features_only else model

@@ -16,7 +16,8 @@ a search killed at any moment can be resumed exactly:
 A child whose canonical hash was already trained reuses that result (unless ``reuse`` is off);
 the reused trial counts toward the budget and is told to the strategy. Failed children (an
 exception, a non-finite accuracy, a dead worker process) are recorded with their error and do
-not count; after ``max_failures`` of them (default ``2 * budget``) the search stops.
+not count; after ``max_failures`` of them (default ``2 * budget``) no new child is proposed,
+the running ones are waited for, and the search stops with an error.
 """
 
 from __future__ import annotations
@@ -194,9 +195,10 @@ def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> Searc
             if key not in merged:
                 raise SearchError(f"unknown search option {key!r}")
             if key not in MUTABLE_OPTIONS and value != merged[key]:
+                was = "without it" if merged[key] is None else f"with {merged[key]!r}"
                 raise SearchError(
-                    f"{flag(key)}: this experiment was created with {merged[key]!r}, not "
-                    f"{value!r}; leave the option out to resume it, or use a new --out"
+                    f"{flag(key)}: this experiment was created {was}, not {value!r}; "
+                    "leave the option out to resume it, or use a new --out"
                 )
             merged[key] = value
         config = SearchConfig.from_dict(merged)
@@ -358,7 +360,7 @@ class Search:
                 self._ask()
             if stats.finished >= config.budget:
                 break
-            if stats.failed >= config.failure_limit:
+            if self.executor.running == 0:  # the failure limit stopped new children
                 raise SearchError(
                     f"stopped: {stats.failed} children failed (limit {config.failure_limit}, "
                     f"--max-failures); last error: {stats.last_error or 'see nasnet show'}"
@@ -375,9 +377,12 @@ class Search:
         trial_id = self.store.next_trial_id()
         seed = trial_seed(self.config.seed, trial_id)
         genotype = proposal.genotype
-        cached = self.store.done_by_hash(genotype.canonical_hash()) if self.config.reuse else None
+        genotype_hash = genotype.canonical_hash()
+        cached = self.store.done_by_hash(genotype_hash) if self.config.reuse else None
         with self.store.transaction():
-            self.store.add_trial(trial_id, genotype, proposal.to_dict(), seed, self._next_seq())
+            self.store.add_trial(
+                trial_id, genotype, proposal.to_dict(), seed, self._next_seq(), genotype_hash
+            )
             if cached is None:
                 self.store.mark_running(trial_id)
             else:
@@ -450,14 +455,78 @@ def run_search(
     return Search(directory, config, executor, on_event, fn).run()
 
 
+# --------------------------------------------------------------------------- reading results
+
+#: Short op names for one-line cell descriptions.
+SHORT_OPS = {
+    "identity": "id",
+    "conv_1x3_3x1": "c13",
+    "conv_1x7_7x1": "c17",
+    "dil_conv_3x3": "dil3",
+    "avg_pool_3x3": "avg3",
+    "max_pool_3x3": "max3",
+    "max_pool_5x5": "max5",
+    "max_pool_7x7": "max7",
+    "conv_1x1": "c1",
+    "conv_3x3": "c3",
+    "sep_conv_3x3": "sep3",
+    "sep_conv_5x5": "sep5",
+    "sep_conv_7x7": "sep7",
+}
+
+
+def describe_cell(cell: Any) -> str:
+    """One line per cell: ``op(input)+op(input)`` per block (``|`` for concat combines)."""
+    parts = []
+    for b in cell.blocks:
+        joint = "+" if b.combine == "add" else "|"
+        one = f"{SHORT_OPS.get(b.op_1, b.op_1)}({b.input_1})"
+        two = f"{SHORT_OPS.get(b.op_2, b.op_2)}({b.input_2})"
+        parts.append(one + joint + two)
+    return " ".join(parts)
+
+
+def leaderboard(trials: list[TrialRecord], top: int | None = None) -> list[TrialRecord]:
+    """Done trials with distinct cells (canonical hash), best reward first (ties: lower id);
+    a cell's entry is the trial that trained it, not one that reused its result."""
+    best: dict[str, TrialRecord] = {}
+    for trial in trials:
+        if trial.status != "done" or trial.reward is None:
+            continue
+        known = best.get(trial.hash)
+        if known is None or (known.reused_from is not None and trial.reused_from is None):
+            best[trial.hash] = trial
+    ranked = sorted(best.values(), key=lambda t: (-(t.reward or 0.0), t.id))
+    return ranked if top is None else ranked[:top]
+
+
+def rewards_in_finish_order(trials: list[TrialRecord]) -> list[float]:
+    """Rewards of the done trials in the order they finished (told to the strategy)."""
+    done = [t for t in trials if t.status == "done" and t.reward is not None]
+    done.sort(key=lambda t: (t.tell_seq if t.tell_seq is not None else 0, t.id))
+    return [float(t.reward) for t in done]  # type: ignore[arg-type]
+
+
+def mean_top(rewards: list[float], k: int) -> float | None:
+    """Mean of the ``k`` best rewards (of all of them when fewer)."""
+    if not rewards:
+        return None
+    best = sorted(rewards, reverse=True)[:k]
+    return sum(best) / len(best)
+
+
 __all__ = [
     "MUTABLE_OPTIONS",
     "Search",
     "SearchConfig",
     "SearchError",
     "SearchStats",
+    "describe_cell",
     "flag",
+    "leaderboard",
+    "mean_top",
     "resolve_config",
+    "rewards_in_finish_order",
     "run_search",
     "trial_seed",
 ]

@@ -10,6 +10,7 @@ resumed run ends with exactly the metrics of an uninterrupted one (same thread c
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -17,7 +18,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -210,16 +211,20 @@ def evaluate_model(
 # --------------------------------------------------------------------------- the run
 
 
-class _Run:
-    """State of one training run; :meth:`execute` does the work."""
+class ChildTrainer:
+    """One training run: model, optimizer, EMA, data order and history.
+
+    :func:`train` is the entry point; this class is public for benchmarks, which time
+    :meth:`step` (one SGD step on the training examples ``idx``) directly.
+    """
 
     def __init__(
         self,
         genotype: Genotype,
         config: TrainConfig,
         data: Dataset,
-        out_dir: str | None,
-        progress: ProgressFn | None,
+        out_dir: str | None = None,
+        progress: ProgressFn | None = None,
     ) -> None:
         self.config, self.data, self.out_dir, self.progress = config, data, out_dir, progress
         self.genotype = genotype
@@ -406,22 +411,39 @@ def train(
     ``config.dataset``. The record holds ``status`` (``done`` or ``failed``), ``reason``,
     ``val_accuracy``, ``test_accuracy`` (when ``config.eval_test``), ``loss_curve``, ``params``,
     ``mult_adds``, ``seconds``, ``images_per_sec`` and ``epochs_done``. Without ``out_dir`` no
-    file is read or written.
+    file is read or written. The caller's global RNG states (torch, numpy, python) and torch
+    thread count are restored on return, so a search loop's own sampling is not disturbed.
     """
     config = config or TrainConfig()
     started = time.perf_counter()
-    run: _Run | None = None
-    try:
-        run = _prepare(genotype, config, out_dir, progress, dataset)
-        result = run.execute()
-    except RunMismatch as err:  # another run's directory: leave its files alone
-        return _failed_result(None, str(err), started)
-    except Exception as err:
-        reason = str(err) or type(err).__name__
-        result = _failed_result(run, reason, started)
+    run: ChildTrainer | None = None
+    with preserve_global_state():
+        try:
+            run = _prepare(genotype, config, out_dir, progress, dataset)
+            result = run.execute()
+        except RunMismatch as err:  # another run's directory: leave its files alone
+            return _failed_result(None, str(err), started)
+        except Exception as err:
+            reason = str(err) or type(err).__name__
+            result = _failed_result(run, reason, started)
     if out_dir:
         _write_result(out_dir, result)
     return result
+
+
+@contextlib.contextmanager
+def preserve_global_state() -> Iterator[None]:
+    """Restore the global torch / numpy / python RNG states and torch's thread count."""
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _prepare(
@@ -430,7 +452,7 @@ def _prepare(
     out_dir: str | None,
     progress: ProgressFn | None,
     dataset: Dataset | None,
-) -> _Run:
+) -> ChildTrainer:
     config.check()
     genotype = resolve_genotype(config.genotype if genotype is None else genotype)
     config = dataclasses.replace(config, genotype=genotype.to_dict())
@@ -441,14 +463,14 @@ def _prepare(
         os.makedirs(out_dir, exist_ok=True)
         _atomic_write(os.path.join(out_dir, CONFIG_FILE), config.to_json())
     data = dataset if dataset is not None else load_dataset(config.dataset, config.image_size)
-    run = _Run(genotype, config, data, out_dir, progress)
+    run = ChildTrainer(genotype, config, data, out_dir, progress)
     checkpoint = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
     if checkpoint and os.path.exists(checkpoint):
         run.load(torch.load(checkpoint, weights_only=True))
     return run
 
 
-def _failed_result(run: _Run | None, reason: str, started: float) -> dict:
+def _failed_result(run: ChildTrainer | None, reason: str, started: float) -> dict:
     if run is not None:
         try:
             result = run.result("failed", reason, None)
@@ -501,7 +523,8 @@ def evaluate(out_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dict:
     """
     config, genotype, state = _load_run(out_dir)
     data = load_dataset(config.dataset, config.image_size)
-    model = build_model(genotype, config, data)
+    with preserve_global_state():
+        model = build_model(genotype, config, data)
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     augment = Augment.for_dataset(data, 0, config.channels_last)
     report: dict = {"epochs_done": state["epoch"], "dataset": config.dataset}
@@ -571,6 +594,7 @@ def _atomic_torch_save(obj: object, path: str) -> None:
 
 __all__ = [
     "EMA",
+    "ChildTrainer",
     "NonFiniteLoss",
     "RunMismatch",
     "TrainConfig",
@@ -580,6 +604,7 @@ __all__ = [
     "derive_seed",
     "evaluate",
     "evaluate_model",
+    "preserve_global_state",
     "resolve_genotype",
     "train",
 ]

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 #: Modules of this package that add subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES = ("info", "train")
+COMMAND_MODULES = ("info", "train", "search", "draw", "export")
 
 
 class UserError(Exception):

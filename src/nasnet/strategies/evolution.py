@@ -96,9 +96,7 @@ class EvolutionStrategy(Strategy):
         self.population = [dict(member) for member in state["population"]]
 
 
-def mutate(
-    space: SearchSpace, actions: list[int], rng: random.Random
-) -> tuple[list[int], str]:
+def mutate(space: SearchSpace, actions: list[int], rng: random.Random) -> tuple[list[int], str]:
     """Change one input or one op of a random block of a random cell to a different value.
 
     Returns the new action list and a description such as

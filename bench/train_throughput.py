@@ -1,0 +1,226 @@
+"""Training throughput of a NASNet-A child on CPU, and what makes it faster.
+
+Measures, for a NASNet-A child with the CIFAR stem at 32x32 (N=2, F=12: about 0.22 M params,
+40 M mult-adds), training images/s through the trainer's own step (forward with the aux head,
+backward, gradient clipping, SGD), and prints these ratios:
+
+* layout: the default (``channels_last``) against the same network in plain NCHW eager mode;
+* batch size: images/s at batch 32, 64 and 128 in the default layout;
+* processes: one child using all T threads against T one-thread children side by side
+  (separate processes, aggregate images/s over the same wall-clock window);
+* matmul ceiling: the child's achieved FLOP rate (3 x forward mult-adds x 2 x images/s)
+  as a fraction of the GFLOP/s of a large fp32 matmul measured in the same run.
+
+Variants that are compared run in alternating rounds and each ratio is the median of the
+per-round ratios, so that load from other processes on the machine affects both sides alike.
+
+    python bench/train_throughput.py            # about 4 minutes
+    python bench/train_throughput.py --quick    # about 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from nasnet.counting import count_mult_adds, count_params
+from nasnet.data import make_synthetic
+from nasnet.genotypes import NASNET_A
+from nasnet.train import ChildTrainer, TrainConfig
+
+
+def make_trainer(channels_last: bool, batch: int, cells: int, filters: int) -> ChildTrainer:
+    """A trainer on synthetic CIFAR-shaped data, exactly as :func:`nasnet.train.train` sets up."""
+    data = make_synthetic(classes=10, channels=3, size=32, train=max(256, batch), val=1, test=1)
+    config = TrainConfig(
+        dataset="synthetic", cells=cells, filters=filters, batch_size=batch, epochs=1_000,
+        channels_last=channels_last,
+    )  # fmt: skip
+    trainer = ChildTrainer(NASNET_A, config, data)
+    trainer.model.train()
+    return trainer
+
+
+def timed_steps(trainer: ChildTrainer, seconds: float, warmup: int = 1) -> float:
+    """Images/s of training steps run for about ``seconds`` (after ``warmup`` steps)."""
+    n, mid = len(trainer.data.train_y), trainer.total_steps // 2  # drop path active
+    batches = [torch.arange(k * trainer.batch, (k + 1) * trainer.batch) % n for k in range(4)]
+    for i in range(warmup):
+        trainer.step(batches[i % 4], mid)
+    images, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds or i < 2:
+        trainer.step(batches[i % 4], mid)
+        images, i = images + trainer.batch, i + 1
+    return images / (time.perf_counter() - start)
+
+
+def alternate(variants: dict[str, ChildTrainer], rounds: int, seconds: float) -> dict:
+    """Run the variants in alternating rounds; images/s per variant and round."""
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for trainer in variants.values():
+        timed_steps(trainer, 0.0, warmup=2)  # build oneDNN primitives before timing
+    for _ in range(rounds):
+        for name, trainer in variants.items():
+            rates[name].append(timed_steps(trainer, seconds, warmup=0))
+    return rates
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def matmul_gflops(n: int = 2048, seconds: float = 2.0) -> float:
+    """Sustained fp32 GFLOP/s of an ``n x n`` matmul with the current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or count < 2:
+        torch.mm(a, b)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Child process: warm up, say ``ready``, read ``start end`` (epoch seconds) from stdin,
+    then train from ``start`` to ``end`` and print the images it trained on as JSON."""
+    torch.set_num_threads(args.threads)
+    trainer = make_trainer(True, args.batch_size, args.cells, args.filters)
+    timed_steps(trainer, 0.0, warmup=2)
+    print("ready", flush=True)
+    start, end = (float(v) for v in sys.stdin.readline().split())
+    while time.time() < start:
+        time.sleep(0.002)
+    images, mid = 0, trainer.total_steps // 2
+    while time.time() < end:
+        trainer.step(torch.arange(trainer.batch), mid)
+        images += trainer.batch
+    print(json.dumps({"images": images, "overrun": time.time() - end}), flush=True)
+
+
+def side_by_side(processes: int, threads: int, args: argparse.Namespace) -> float:
+    """Aggregate images/s of ``processes`` children with ``threads`` threads each, all
+    training over the same wall-clock window (steps that straddle its end count whole)."""
+    command = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(threads),
+               "--batch-size", str(args.batch_size), "--cells", str(args.cells),
+               "--filters", str(args.filters)]  # fmt: skip
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    for p in procs:
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("a benchmark worker failed to start")
+    start = time.time() + 0.2
+    window = 2 * args.seconds
+    for p in procs:
+        p.stdin.write(f"{start} {start + window}\n")
+        p.stdin.flush()
+    reports = [json.loads(p.communicate()[0]) for p in procs]
+    seconds = window + statistics.mean(r["overrun"] for r in reports)
+    return sum(r["images"] for r in reports) / seconds
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report_layout(args: argparse.Namespace, threads: int) -> float:
+    variants = {
+        "channels_last (default)": make_trainer(True, args.batch_size, args.cells, args.filters),
+        "NCHW eager": make_trainer(False, args.batch_size, args.cells, args.filters),
+    }
+    rates = alternate(variants, args.rounds, args.seconds)
+    default, nchw = rates.values()
+    for name, values in rates.items():
+        print(f"  {name:24s} {statistics.median(values):7.1f} img/s  (rounds: "
+              f"{', '.join(f'{v:.0f}' for v in values)})")  # fmt: skip
+    ratio = median_ratio(default, nchw)
+    print(f"layout ratio channels_last / NCHW ({threads} threads): {ratio:.2f}x")
+    return statistics.median(default)
+
+
+def report_batch_sizes(args: argparse.Namespace) -> None:
+    sizes = (32, 64, 128)
+    variants = {b: make_trainer(True, b, args.cells, args.filters) for b in sizes}
+    rates = alternate(variants, args.rounds, args.seconds)
+    base = rates[args.batch_size] if args.batch_size in rates else rates[64]
+    for size, values in rates.items():
+        print(f"  batch {size:4d}: {statistics.median(values):7.1f} img/s "
+              f"({median_ratio(values, base):.2f}x batch {args.batch_size})")  # fmt: skip
+
+
+def report_processes(args: argparse.Namespace, threads: int) -> None:
+    if threads < 2:
+        print("processes: skipped (one core)")
+        return
+    one, many = [], []
+    for _ in range(max(1, args.rounds // 2)):
+        one.append(side_by_side(1, threads, args))
+        many.append(side_by_side(threads, 1, args))
+    print(f"  1 child x {threads} threads: {statistics.median(one):7.1f} img/s")
+    print(f"  {threads} children x 1 thread: {statistics.median(many):7.1f} img/s (aggregate)")
+    print(f"processes ratio {threads} one-thread children / one {threads}-thread child: "
+          f"{median_ratio(many, one):.2f}x")  # fmt: skip
+
+
+def report_ceiling(images_per_sec: float, mult_adds: int, threads: int) -> None:
+    peak = matmul_gflops()
+    achieved = 3 * mult_adds * 2 * images_per_sec / 1e9
+    print(f"  fp32 matmul 2048^3 ({threads} threads): {peak:7.1f} GFLOP/s")
+    print(f"  child (3 x {mult_adds / 1e6:.1f} M mult-adds x 2 x {images_per_sec:.0f} img/s): "
+          f"{achieved:7.2f} GFLOP/s")  # fmt: skip
+    print(f"fraction of the matmul ceiling: {achieved / peak:.3f}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    probe = make_trainer(True, args.batch_size, args.cells, args.filters).model
+    mult_adds = count_mult_adds(probe, (3, 32, 32))
+    print(f"NASNet-A child, CIFAR stem, 32x32, N={args.cells}, F={args.filters}: "
+          f"{count_params(probe):,} params, {mult_adds / 1e6:.1f} M mult-adds, batch "
+          f"{args.batch_size}, torch {torch.__version__}, {threads} threads")  # fmt: skip
+    print("layout:")
+    rate = report_layout(args, threads)
+    if not args.quick:
+        print("batch size (channels_last):")
+        report_batch_sizes(args)
+    print("processes:")
+    report_processes(args, threads)
+    print("matmul ceiling:")
+    report_ceiling(rate, mult_adds, threads)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="short rounds, no batch-size sweep")
+    p.add_argument("--cells", type=int, default=2)
+    p.add_argument("--filters", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="default: all cores")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds per comparison")
+    p.add_argument("--seconds", type=float, default=None, help="seconds per variant and round")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.seconds = args.seconds or (3.0 if args.quick else 6.0)
+    return args
+
+
+if __name__ == "__main__":
+    main()

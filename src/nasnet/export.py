@@ -1,0 +1,82 @@
+"""Export a network to ONNX or TorchScript and check the export against the PyTorch model.
+
+Exports take normalized images of a fixed spatial size (the padding of strided ops is
+resolved for it) and a dynamic batch size.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+FORMATS = ("onnx", "torchscript")
+
+
+def _example(model: nn.Module, image_size: int, batch: int = 2) -> torch.Tensor:
+    in_chans = model.config.in_chans if hasattr(model, "config") else 3
+    return torch.randn(batch, in_chans, image_size, image_size)
+
+
+def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 17) -> str:
+    """Write ``model`` (eval mode) as ONNX with input ``images`` and output ``logits``."""
+    model = model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about fixed spatial sizes
+        torch.onnx.export(
+            model,
+            (_example(model, image_size),),
+            path,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return path
+
+
+def export_torchscript(model: nn.Module, path: str, image_size: int) -> str:
+    """Trace ``model`` (eval mode) to TorchScript and save it."""
+    model = model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, _example(model, image_size))
+        traced.save(path)
+    return path
+
+
+def export_model(model: nn.Module, path: str, fmt: str, image_size: int) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"format: unknown {fmt!r}; choose onnx or torchscript")
+    if fmt == "onnx":
+        return export_onnx(model, path, image_size)
+    return export_torchscript(model, path, image_size)
+
+
+@torch.no_grad()
+def check_export(
+    model: nn.Module, path: str, fmt: str, image_size: int, batch_sizes=(1, 3), seed: int = 0
+) -> float:
+    """Max |difference| between the export and ``model`` over inputs of several batch sizes."""
+    model = model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+        def run(x):
+            return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    else:
+        loaded = torch.jit.load(path)
+
+        def run(x):
+            return loaded(x)
+
+    worst = 0.0
+    for batch in batch_sizes:
+        x = _example(model, image_size, batch).normal_(generator=generator)
+        worst = max(worst, float((run(x) - model(x)).abs().max()))
+    return worst

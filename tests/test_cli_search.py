@@ -1,0 +1,142 @@
+"""``nasnet search`` / ``show`` / ``export`` / ``report`` from the command line, including one
+small search with real child training on digits."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from nasnet.cli import main
+from nasnet.space import Genotype, load_genotype
+from nasnet.store import DB_NAME, SCHEMA_VERSION
+
+TOY = ["--evaluator", "toy", "--executor", "inprocess", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> str:
+    directory = str(tmp_path_factory.mktemp("cli") / "toy-search")
+    args = ["search", "--out", directory, "--strategy", "evolution", "--budget", "25",
+            "--population", "8", "--sample-size", "3", "--toy-fail-rate", "0.1", *TOY]  # fmt: skip
+    assert main(args) == 0
+    return directory
+
+
+def show_json(directory: str, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["show", directory, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_show_json(experiment: str, capsys) -> None:
+    summary = show_json(experiment, capsys)
+    assert summary["finished"] == 25 and summary["failed"] >= 1
+    assert summary["strategy"] == "evolution" and summary["budget"] == 25
+    trials = summary["trials"]
+    assert len(trials) == 25 + summary["failed"]
+    assert all({"id", "hash", "status", "reward"} <= set(t) for t in trials)
+    done = [t["reward"] for t in trials if t["status"] == "done"]
+    assert summary["best_reward"] == max(done)
+    assert all(t["reward"] is None for t in trials if t["status"] == "failed")
+    board = [entry["reward"] for entry in summary["leaderboard"]]
+    assert board == sorted(board, reverse=True) and len(board) == 10
+
+
+def test_show_table(experiment: str, capsys) -> None:
+    capsys.readouterr()
+    assert main(["show", experiment, "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "reward" in out and "mult-adds" in out
+    assert "finished 25 / 25" in out and "normal" in out and "reduction" in out
+
+
+def test_export(experiment: str, tmp_path, capsys) -> None:
+    out = tmp_path / "cells.json"
+    assert main(["export", experiment, "--top", "3", "-o", str(out), "--split", str(tmp_path)]) == 0
+    entries = json.loads(out.read_text())
+    summary = show_json(experiment, capsys)
+    assert [e["id"] for e in entries] == [e["id"] for e in summary["leaderboard"][:3]]
+    assert len({e["hash"] for e in entries}) == 3
+    for entry in entries:
+        assert {"id", "hash", "reward", "genotype"} <= set(entry)
+        genotype = Genotype.from_dict(entry["genotype"])
+        assert genotype.canonical_hash() == entry["hash"]
+        split = tmp_path / f"rank{entry['rank']}-{entry['hash'][:8]}.json"
+        assert load_genotype(str(split)) == genotype
+
+
+def test_report_png_and_html(experiment: str, tmp_path, capsys) -> None:
+    other = str(tmp_path / "random")
+    assert main(["search", "--out", other, "--strategy", "random", "--budget", "12", *TOY]) == 0
+    png, page = tmp_path / "r.png", tmp_path / "r.html"
+    assert main(["report", experiment, other, "-o", str(png), "--window", "5"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert main(["report", experiment, other, "-o", str(page)]) == 0
+    text = page.read_text()
+    assert "data:image/png;base64," in text
+    assert text.count("<tr>") == 3 and "evolution" in text and "random" in text
+
+
+def test_moving_average_and_best_so_far() -> None:
+    from nasnet.cli.search import best_so_far, moving_average
+
+    assert moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+    assert best_so_far([0.2, 0.1, 0.5, 0.3]) == [0.2, 0.2, 0.5, 0.5]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err
+
+
+def test_user_errors_are_one_line(experiment: str, tmp_path, capsys) -> None:
+    assert main(["search", "--out", experiment, "--strategy", "ppo", *TOY]) == 2
+    assert "--strategy: this experiment was created with 'evolution'" in _error_line(capsys)
+    assert main(["show", str(tmp_path / "missing")]) == 2
+    assert "no experiment.db" in _error_line(capsys)
+    assert main(["report", experiment, "-o", str(tmp_path / "r.pdf")]) == 2
+    assert ".png or .html" in _error_line(capsys)
+    bad = str(tmp_path / "bad-dataset")
+    assert main(["search", "--out", bad, "--dataset", "nope", "--quiet"]) == 2
+    assert "--dataset" in _error_line(capsys)
+
+
+def test_newer_schema_is_a_one_line_error(tmp_path, capsys) -> None:
+    directory = str(tmp_path / "exp")
+    assert main(["search", "--out", directory, "--budget", "2", *TOY]) == 0
+    with sqlite3.connect(f"{directory}/{DB_NAME}") as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    capsys.readouterr()
+    for command in (["show", directory], ["search", "--out", directory, *TOY]):
+        assert main(command) == 2
+        assert "newer than this nasnet" in _error_line(capsys)
+
+
+def test_resume_extends_the_budget(tmp_path, capsys) -> None:
+    directory = str(tmp_path / "exp")
+    assert main(["search", "--out", directory, "--strategy", "ppo", "--budget", "5", *TOY]) == 0
+    assert main(["search", "--out", directory, "--budget", "9", *TOY]) == 0
+    summary = show_json(directory, capsys)
+    assert summary["finished"] == 9 and summary["budget"] == 9
+    assert [t["id"] for t in summary["trials"]] == list(range(1, 10))
+
+
+@pytest.mark.slow
+def test_small_real_search_on_digits(tmp_path, capsys) -> None:
+    directory = str(tmp_path / "digits")
+    args = ["search", "--out", directory, "--budget", "3", "--workers", "2", "--quiet",
+            "--child-epochs", "1", "--child-cells", "1", "--child-filters", "4"]  # fmt: skip
+    assert main(args) == 0
+    summary = show_json(directory, capsys)
+    assert summary["finished"] == 3 and summary["failed"] == 0
+    assert summary["config"]["evaluator"] == "train" and summary["config"]["executor"] == "local"
+    for trial in summary["trials"]:
+        assert 0.0 <= trial["reward"] <= 1.0
+        assert trial["reward"] == trial["val_accuracy"]
+        assert trial["params"] > 0 and trial["mult_adds"] > 0
+        assert trial["test_accuracy"] is not None
+        assert trial["worker"].startswith("local:")
+    assert summary["best_reward"] > 0.1  # better than chance on 10 classes

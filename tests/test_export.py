@@ -1,0 +1,70 @@
+import random
+
+import pytest
+import torch
+
+import nasnet
+from nasnet.cli import main
+from nasnet.export import check_export, export_model
+from nasnet.space import SearchSpace
+
+
+@torch.no_grad()
+def calibrated(model, size):
+    """BN statistics from one batch, so that an untrained model has O(1) activations."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    model(torch.randn(4, model.config.in_chans, size, size))
+    return model.eval()
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "pt")])
+def test_mobile_exports_match(tmp_path, fmt, suffix):
+    model = calibrated(nasnet.create_model("nasnet_a_mobile"), 224)
+    path = str(tmp_path / f"mobile.{suffix}")
+    export_model(model, path, fmt, 224)
+    assert check_export(model, path, fmt, 224, batch_sizes=(1, 3)) <= 1e-4
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "pt")])
+def test_searched_cell_exports_match(tmp_path, fmt, suffix):
+    genotype = SearchSpace().sample(random.Random(7))
+    model = nasnet.build_network(genotype, cells=2, filters=8, num_classes=10)
+    model = calibrated(model, 32)
+    path = str(tmp_path / f"child.{suffix}")
+    export_model(model, path, fmt, 32)
+    assert check_export(model, path, fmt, 32, batch_sizes=(1, 5)) <= 1e-4
+
+
+def test_export_model_cli_checks_the_export(tmp_path, capsys):
+    out = tmp_path / "cifar.onnx"
+    assert main(["export-model", "nasnet_a_cifar", "--format", "onnx", "-o", str(out),
+                 "--image-size", "32"]) == 0  # fmt: skip
+    assert "check: max |difference|" in capsys.readouterr().out and out.stat().st_size > 1e6
+
+
+def test_features_only_backbone_shapes_and_gradients():
+    backbone = nasnet.create_model("nasnet_a_mobile", features_only=True, cells=1, filters=8)
+    assert [f["reduction"] for f in backbone.feature_info] == [4, 8, 16, 32]
+    x = torch.randn(2, 3, 128, 128, requires_grad=True)
+    feats = backbone(x)
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4]
+    assert [f.shape[1] for f in feats] == [f["num_chs"] for f in backbone.feature_info]
+    sum(f.mean() for f in feats).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    cifar = nasnet.create_model("nasnet_a_cifar", features_only=True, cells=1, filters=8)
+    assert [f["reduction"] for f in cifar.feature_info] == [1, 2, 4]
+    assert [f.shape[-1] for f in cifar(torch.randn(1, 3, 32, 32))] == [32, 16, 8]
+
+
+def test_features_only_drops_unused_cells():
+    full = nasnet.create_model("nasnet_a_cifar", cells=2, filters=8)
+    early = nasnet.create_model(
+        "nasnet_a_cifar", cells=2, filters=8, features_only=True, out_indices=(0,)
+    )
+    assert len(early.body.cells) == 2 < len(full.cells)
+    with pytest.raises(ValueError, match="out_indices"):
+        nasnet.create_model("nasnet_a_cifar", features_only=True, out_indices=(5,))
