@@ -109,16 +109,17 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"images": images, "overrun": time.time() - end}), flush=True)
 
 
-def side_by_side(processes: int, threads: int, args: argparse.Namespace) -> float:
+def side_by_side(
+    processes: int, threads: int, args: argparse.Namespace, env: dict | None = None
+) -> float:
     """Aggregate images/s of ``processes`` children with ``threads`` threads each, all
     training over the same wall-clock window (steps that straddle its end count whole)."""
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(threads),
                "--batch-size", str(args.batch_size), "--cells", str(args.cells),
                "--filters", str(args.filters)]  # fmt: skip
-    procs = [
-        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for _ in range(processes)
-    ]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    environ = {**os.environ, **(env or {})}
+    procs = [subprocess.Popen(command, env=environ, **pipes) for _ in range(processes)]
     for p in procs:
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError("a benchmark worker failed to start")
@@ -174,6 +175,21 @@ def report_processes(args: argparse.Namespace, threads: int) -> None:
           f"{median_ratio(many, one):.2f}x")  # fmt: skip
 
 
+def report_wait_policy(args: argparse.Namespace, threads: int) -> None:
+    """OpenMP's wait policy (read once, when torch loads): spinning threads collapse when
+    other processes compete for the cores; passive waiting does not."""
+    if threads < 2:
+        return
+    spin, passive = [], []
+    for _ in range(max(1, args.rounds // 2)):
+        spin.append(side_by_side(1, threads, args, {"OMP_WAIT_POLICY": "ACTIVE"}))
+        passive.append(side_by_side(1, threads, args, {"OMP_WAIT_POLICY": "PASSIVE"}))
+    print(f"  OMP_WAIT_POLICY=ACTIVE:  {statistics.median(spin):7.1f} img/s")
+    print(f"  OMP_WAIT_POLICY=PASSIVE: {statistics.median(passive):7.1f} img/s")
+    print(f"wait-policy ratio PASSIVE / ACTIVE ({threads} threads, load average "
+          f"{os.getloadavg()[0]:.1f}): {median_ratio(passive, spin):.2f}x")  # fmt: skip
+
+
 def report_ceiling(images_per_sec: float, mult_adds: int, threads: int) -> None:
     peak = matmul_gflops()
     achieved = 3 * mult_adds * 2 * images_per_sec / 1e9
@@ -202,6 +218,9 @@ def main() -> None:
         report_batch_sizes(args)
     print("processes:")
     report_processes(args, threads)
+    if not args.quick:
+        print("OpenMP wait policy (one child, all threads):")
+        report_wait_policy(args, threads)
     print("matmul ceiling:")
     report_ceiling(rate, mult_adds, threads)
 

@@ -252,6 +252,17 @@ def _toy_args(trial_id: int, delay: float) -> dict:
     }
 
 
+def test_dataset_cache_for_remote_workers(monkeypatch) -> None:
+    monkeypatch.setattr(evaluators, "_DATASETS", {})
+    args = {"evaluator": "train", "options": SearchConfig(image_size=12).evaluator_options(
+        SearchSpace())}  # fmt: skip
+    assert evaluators.dataset_key(args) == ("digits", 12)
+    assert evaluators.dataset_key({"evaluator": "toy"}) is None
+    marker = object()
+    evaluators.register_dataset(args, marker)
+    assert evaluators.load_trial_dataset(args) is marker
+
+
 def test_inprocess_executor_contract() -> None:
     executor = InProcessExecutor()
     assert executor.next_result(0) is None
@@ -329,6 +340,18 @@ def test_interrupted_search_resumes_exactly(tmp_path) -> None:
     assert [(r["state_id"], r["state_digest"]) for r in resumes] == expected_states
 
 
+def test_lowering_the_budget_leaves_unfinished_trials_queued(tmp_path) -> None:
+    options = {"strategy": "random", "workers": 3, "seed": 2}
+    with pytest.raises(KeyboardInterrupt):
+        run_search(str(tmp_path), toy_config(budget=10, **options), on_event=_interrupt_after(3))
+    assert [t[2] for t in trials_of(str(tmp_path))] == ["done"] * 3 + ["running"] * 2
+    run_search(str(tmp_path), toy_config(budget=4, **options))
+    statuses = [t[2] for t in trials_of(str(tmp_path))]
+    assert statuses == ["done"] * 4 + ["queued"]  # trial 4 ran again, trial 5 waits
+    run_search(str(tmp_path), toy_config(budget=8, **options))
+    assert [t[2] for t in trials_of(str(tmp_path))] == ["done"] * 8
+
+
 def _done_count(directory: str) -> int:
     try:
         conn = sqlite3.connect(f"file:{os.path.join(directory, DB_NAME)}?mode=ro", uri=True)
@@ -385,3 +408,24 @@ def test_search_killed_three_times_resumes_exactly(tmp_path) -> None:
     assert all(r["replayed"] > 0 for r in resumes)  # asks/tells after the state were replayed
     rerun = [t for t in Store.open(killed, readonly=True).trials() if t.attempts > 1]
     assert len(rerun) >= 3  # the children running at each kill were trained again
+
+
+def test_done_outcomes_without_a_finite_reward_fail(tmp_path) -> None:
+    outcomes = iter([{"status": "done", "reward": math.inf}, {"status": "done"}])
+
+    def fn(args):
+        return next(outcomes, {"status": "done", "reward": 0.25, "metrics": {}})
+
+    stats = run_search(str(tmp_path), toy_config(strategy="random", budget=2, workers=1), fn=fn)
+    assert stats.finished == 2 and stats.failed == 2
+    errors = [t.error for t in Store.open(str(tmp_path), readonly=True).trials("failed")]
+    assert errors == ["non-finite or missing reward: inf", "non-finite or missing reward: None"]
+
+
+def test_executor_registry() -> None:
+    from nasnet.executors import executor_names, make_executor
+
+    assert executor_names()[:2] == ("inprocess", "local") and "ray" in executor_names()
+    with pytest.raises(ValueError, match="unknown executor 'nope'; choose from inprocess, local"):
+        make_executor("nope", 1)
+    assert isinstance(make_executor("inprocess", 1), InProcessExecutor)

@@ -182,6 +182,29 @@ def cached_dataset(spec: str, image_size: int | None = None) -> Any:
     return _DATASETS[key]
 
 
+def dataset_key(fn_args: dict[str, Any]) -> tuple[str, int | None] | None:
+    """The cache key of the dataset a trial trains on (None for the toy evaluator)."""
+    if fn_args.get("evaluator") != "train":
+        return None
+    options = fn_args.get("options", {})
+    return (options["dataset"], options.get("image_size"))
+
+
+def load_trial_dataset(fn_args: dict[str, Any]) -> Any:
+    """The (cached) dataset of a ``train`` trial, e.g. to ship it to remote workers once."""
+    key = dataset_key(fn_args)
+    if key is None:
+        raise ValueError("only trials of the train evaluator have a dataset")
+    return cached_dataset(*key)
+
+
+def register_dataset(fn_args: dict[str, Any], dataset: Any) -> None:
+    """Put an already loaded dataset in this process's cache for ``fn_args``' trials."""
+    key = dataset_key(fn_args)
+    if key is not None:
+        _DATASETS[key] = dataset
+
+
 def evaluate_train(genotype: Genotype, seed: int, options: dict[str, Any]) -> dict[str, Any]:
     """Train the child with :func:`nasnet.train.train`; raises on a failed run.
 
@@ -245,8 +268,11 @@ __all__ = [
     "TOY_OP_QUALITY",
     "cached_dataset",
     "cost_aware_reward",
+    "dataset_key",
     "evaluate_toy",
     "evaluate_train",
+    "load_trial_dataset",
+    "register_dataset",
     "run_trial",
     "toy_cost",
     "toy_reward",

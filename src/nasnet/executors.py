@@ -12,7 +12,8 @@ and offers three calls::
 completion order: ``outcome`` is what ``fn`` returned, or, when ``fn`` raised or the worker
 process died, ``{"status": "failed", "error": "..."}``. ``running`` is the number of trials
 submitted and not yet returned. A new executor (for example Ray) only has to implement these
-three methods and ``running``, and be added to :data:`EXECUTORS`.
+three methods and ``running``, and be added to :data:`EXECUTORS` (or, if it needs an optional
+dependency, to :data:`EXTERNAL_EXECUTORS`, as the Ray executor is).
 
 * ``inprocess`` runs each trial inside ``next_result``, in submission order, in the driver
   process (deterministic; the right choice for the toy evaluator and for debugging).
@@ -24,8 +25,10 @@ three methods and ``running``, and be added to :data:`EXECUTORS`.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -122,7 +125,11 @@ class InProcessExecutor(Executor):
 
 
 def _worker_main(conn: Connection, fn: TrialFn | None, threads: int | None) -> None:
-    """Loop of a worker process: receive ``(trial_id, fn_args)``, send back the outcome."""
+    """Loop of a worker process: receive ``(trial_id, fn_args)``, send back the outcome.
+
+    Ctrl-C is left to the driver (which then stops the workers); a worker whose driver is gone
+    exits at its next message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads:
         import torch
 
@@ -255,23 +262,38 @@ class LocalExecutor(Executor):
 #: Name -> executor class; each takes ``(fn=None, workers=W, threads=T)``.
 EXECUTORS: dict[str, type[Executor]] = {"inprocess": InProcessExecutor, "local": LocalExecutor}
 
+#: Executors defined in other modules (``"module:Class"``), imported when first used, so that
+#: their optional dependencies are only needed by those who ask for them.
+EXTERNAL_EXECUTORS: dict[str, str] = {"ray": "nasnet.ray_executor:RayExecutor"}
+
+
+def executor_names() -> tuple[str, ...]:
+    """Every executor name :func:`make_executor` accepts."""
+    return (*EXECUTORS, *(name for name in EXTERNAL_EXECUTORS if name not in EXECUTORS))
+
 
 def make_executor(
-    name: str, workers: int, threads: int | None = 1, fn: TrialFn | None = None
+    name: str, workers: int, threads: int | None = 1, fn: TrialFn | None = None, **options: Any
 ) -> Executor:
-    """Build the executor called ``name`` (``inprocess`` or ``local``)."""
+    """Build the executor called ``name`` (see :func:`executor_names`); ``options`` go to
+    executors that take more (Ray: ``address``, ``cpus_per_child``, ...)."""
     cls = EXECUTORS.get(name)
+    if cls is None and name in EXTERNAL_EXECUTORS:
+        module, _, attribute = EXTERNAL_EXECUTORS[name].partition(":")
+        cls = getattr(importlib.import_module(module), attribute)
     if cls is None:
-        raise ValueError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
-    return cls(fn=fn, workers=workers, threads=threads)
+        raise ValueError(f"unknown executor {name!r}; choose from {', '.join(executor_names())}")
+    return cls(fn=fn, workers=workers, threads=threads, **options)
 
 
 __all__ = [
     "EXECUTORS",
+    "EXTERNAL_EXECUTORS",
     "Executor",
     "InProcessExecutor",
     "LocalExecutor",
     "TrialResult",
     "call_safely",
+    "executor_names",
     "make_executor",
 ]

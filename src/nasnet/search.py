@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,10 @@ class SearchConfig:
     toy_crash_rate: float = 0.0
     toy_noise: float = 0.0
     toy_target_seed: int = 0
+    ray_address: str | None = None
+    cpus_per_child: float = 1.0
+    gpus_per_child: float = 0.0
+    max_retries: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,10 +110,38 @@ class SearchConfig:
                     f"{flag(name)}: applies to {' and '.join(strategies)}, "
                     f"not to strategy {self.strategy!r}"
                 )
+        from nasnet.evaluators import EVALUATORS
+        from nasnet.executors import executor_names
+
+        if self.evaluator not in EVALUATORS:
+            raise SearchError(f"--evaluator: unknown {self.evaluator!r}; choose train or toy")
+        if self.executor not in executor_names():
+            raise SearchError(
+                f"--executor: unknown {self.executor!r}; choose {', '.join(executor_names())}"
+            )
+        if self.cost_weight < 0 or (
+            self.mult_adds_target is not None and self.mult_adds_target <= 0
+        ):
+            raise SearchError("--cost-weight must be >= 0 and --mult-adds-target > 0")
         if not 0 <= self.toy_fail_rate <= 1 or not 0 <= self.toy_crash_rate <= 1:
             raise SearchError("--toy-fail-rate and --toy-crash-rate must be between 0 and 1")
+        if self.cpus_per_child <= 0 or self.gpus_per_child < 0 or self.max_retries < 0:
+            raise SearchError(
+                "--cpus-per-child must be positive; --gpus-per-child and --max-retries >= 0"
+            )
         if self.toy_crash_rate and self.executor == "inprocess":
             raise SearchError("--toy-crash-rate: needs a process executor (--executor local)")
+
+    def executor_options(self) -> dict[str, Any]:
+        """Keyword arguments of the executor beyond workers and threads (Ray's resources)."""
+        if self.executor != "ray":
+            return {}
+        return {
+            "address": self.ray_address,
+            "cpus_per_child": self.cpus_per_child,
+            "gpus_per_child": self.gpus_per_child,
+            "max_retries": self.max_retries,
+        }
 
     def strategy_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`make_strategy` (None = the strategy's default)."""
@@ -131,7 +164,8 @@ class SearchConfig:
         options: dict[str, Any] = {
             "mult_adds_target": self.mult_adds_target,
             "cost_weight": self.cost_weight,
-            "threads": self.threads,
+            # worker processes only: in process, training keeps the driver's thread count
+            "threads": self.threads if self.executor != "inprocess" else None,
         }
         if self.evaluator == "toy":
             options.update(
@@ -161,7 +195,19 @@ class SearchConfig:
 
 #: Options that may differ between an experiment and the command that resumes it.
 MUTABLE_OPTIONS = frozenset(
-    {"budget", "workers", "executor", "reuse", "threads", "max_failures", "toy_delay"}
+    {
+        "budget",
+        "workers",
+        "executor",
+        "reuse",
+        "threads",
+        "max_failures",
+        "toy_delay",
+        "ray_address",
+        "cpus_per_child",
+        "gpus_per_child",
+        "max_retries",
+    }
 )
 
 #: Strategy options -> the strategies they apply to.
@@ -325,24 +371,46 @@ class Search:
         for trial in self.store.trials("done"):
             if stats.best_reward is None or (trial.reward or 0) > stats.best_reward:
                 stats.best_reward, stats.best_trial = trial.reward, trial.id
-        if self.executor is None:
-            self.executor = make_executor(
-                self.config.executor, self.config.workers, self.config.threads, self.fn
-            )
         try:
             self._emit("start", None)
-            self._resubmit_pending()
-            self._loop()
+            pending = self._unfinished()
+            if stats.finished < self.config.budget:
+                if self.executor is None:
+                    self.executor = self._make_executor()
+                self._resubmit(pending)
+                self._loop()
         finally:
-            self.executor.shutdown()
+            if self.executor is not None:
+                self.executor.shutdown()
             self._emit("end", None)
             self.store.close()
         return stats
 
-    def _resubmit_pending(self) -> None:
+    def _make_executor(self) -> Executor:
+        config = self.config
+        try:
+            return make_executor(
+                config.executor,
+                config.workers,
+                config.threads,
+                self.fn,
+                **config.executor_options(),
+            )
+        except (ImportError, RuntimeError, ValueError) as err:
+            raise SearchError(f"--executor {config.executor}: {err}") from None
+
+    def _unfinished(self) -> list[TrialRecord]:
+        """Queued or running trials of earlier sessions: those within the budget, to be run
+        again; the others are marked queued (a lowered budget leaves them for later)."""
         pending = [t for t in self.store.trials() if t.status in ("queued", "running")]
         room = max(0, self.config.budget - self.stats.finished)
-        for trial in pending[:room]:
+        with self.store.transaction():
+            for trial in pending[room:]:
+                self.store.requeue(trial.id)
+        return pending[:room]
+
+    def _resubmit(self, pending: list[TrialRecord]) -> None:
+        for trial in pending:
             self.proposals[trial.id] = Proposal.from_dict(trial.proposal)
             with self.store.transaction():
                 self.store.mark_running(trial.id)
@@ -416,9 +484,9 @@ class Search:
         self._emit("submit", None)
 
     def _finish(self, result: TrialResult) -> None:
-        outcome = result.outcome
+        outcome = _checked(result.outcome)
         proposal = self.proposals.pop(result.trial_id)
-        done = outcome.get("status") == "done"
+        done = outcome["status"] == "done"
         reward = float(outcome["reward"]) if done else None
         seq = self._next_seq()
         with self.store.transaction():
@@ -441,6 +509,16 @@ class Search:
     def _emit(self, kind: str, trial: TrialRecord | None) -> None:
         if self.on_event is not None:
             self.on_event(kind, self.stats, trial)
+
+
+def _checked(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A "done" outcome without a finite reward becomes a failure."""
+    if outcome.get("status") != "done":
+        return {**outcome, "status": "failed", "error": outcome.get("error") or "no error text"}
+    reward = outcome.get("reward")
+    if not isinstance(reward, int | float) or not math.isfinite(reward):
+        return {**outcome, "status": "failed", "error": f"non-finite or missing reward: {reward!r}"}
+    return outcome
 
 
 def run_search(

@@ -276,6 +276,13 @@ class Store:
             (time.time(), trial_id),
         )
 
+    def requeue(self, trial_id: int) -> None:
+        """Mark an unfinished trial as waiting to be run (not running)."""
+        self.conn.execute(
+            "UPDATE trials SET status = 'queued' WHERE id = ? AND status IN ('queued', 'running')",
+            (trial_id,),
+        )
+
     def finish_trial(
         self,
         trial_id: int,

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 #: Modules of this package that add subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES = ("info", "train", "search", "draw", "export")
+COMMAND_MODULES = ("info", "train", "search", "transfer", "export", "draw")
 
 
 class UserError(Exception):

@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from nasnet.cli import UserError
+from nasnet.executors import executor_names
 from nasnet.search import (
     SearchConfig,
     SearchError,
@@ -42,21 +43,57 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "--child-cells": ("child_cells", int, "N, normal cells per stage of each child"),
     "--child-filters": ("child_filters", int, "F, filters of each child's first stage"),
     "--child-epochs": ("child_epochs", int, "training epochs per child"),
-    "--child-batch-size": ("child_batch_size", int, "child training batch size"),
-    "--child-lr": ("child_lr", float, "child initial learning rate"),
-    "--image-size": ("image_size", int, "resize child images to this side"),
+    "--child-batch-size": (
+        "child_batch_size",
+        int,
+        "child training batch size (default: nasnet train's)",
+    ),
+    "--child-lr": ("child_lr", float, "child initial learning rate (default: nasnet train's)"),
+    "--image-size": ("image_size", int, "resize child images to this side (default: as stored)"),
     "--evaluator": ("evaluator", str, "train (real child training) or toy (instant test reward)"),
-    "--executor": ("executor", str, "local (spawned worker processes) or inprocess"),
-    "--threads": ("threads", int, "torch threads per worker process"),
-    "--max-failures": ("max_failures", int, "stop after this many failed children (2*budget)"),
-    "--controller-lr": ("controller_lr", float, "controller Adam lr (ppo 0.00035, reinforce 6e-4)"),
-    "--controller-batch": ("controller_batch", int, "results per controller update (20)"),
-    "--ppo-epochs": ("ppo_epochs", int, "PPO passes over each batch (4)"),
-    "--entropy-weight": ("entropy_weight", float, "controller entropy bonus weight (1e-5)"),
-    "--population": ("population", int, "evolution population size P (100)"),
-    "--sample-size": ("sample_size", int, "evolution tournament sample size S (25)"),
-    "--mult-adds-target": ("mult_adds_target", float, "cost-aware reward: mult-add budget"),
+    "--executor": ("executor", str, "local (spawned worker processes), inprocess or ray"),
+    "--threads": ("threads", int, "torch threads per worker process (local executor)"),
+    "--max-failures": (
+        "max_failures",
+        int,
+        "stop after this many failed children (default: 2 x budget)",
+    ),
+    "--controller-lr": (
+        "controller_lr",
+        float,
+        "controller Adam lr (default: ppo 0.00035, reinforce 0.0006)",
+    ),
+    "--controller-batch": ("controller_batch", int, "results per controller update (default: 20)"),
+    "--ppo-epochs": ("ppo_epochs", int, "PPO passes over each batch (default: 4)"),
+    "--entropy-weight": (
+        "entropy_weight",
+        float,
+        "controller entropy bonus weight (default: 1e-5)",
+    ),
+    "--population": ("population", int, "evolution population size P (default: 100)"),
+    "--sample-size": ("sample_size", int, "evolution tournament sample size S (default: 25)"),
+    "--mult-adds-target": (
+        "mult_adds_target",
+        float,
+        "cost-aware reward: mult-add budget M (default: off)",
+    ),
     "--cost-weight": ("cost_weight", float, "cost-aware reward exponent w (0: off)"),
+    "--ray-address": (
+        "ray_address",
+        str,
+        "ray executor: auto or HOST:PORT of a running cluster (default: start a local one)",
+    ),
+    "--cpus-per-child": ("cpus_per_child", float, "ray executor: CPUs each child asks for"),
+    "--gpus-per-child": (
+        "gpus_per_child",
+        float,
+        "ray executor: GPUs each child asks for (0.25: four children share a GPU)",
+    ),
+    "--max-retries": (
+        "max_retries",
+        int,
+        "ray executor: retries of a child whose worker process or node died (default: 3)",
+    ),
     "--toy-delay": ("toy_delay", float, "toy evaluator: seconds of sleep per child"),
     "--toy-fail-rate": ("toy_fail_rate", float, "toy evaluator: fraction of children that raise"),
     "--toy-crash-rate": ("toy_crash_rate", float, "toy: fraction whose worker process dies"),
@@ -67,7 +104,7 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
 CHOICES = {
     "strategy": tuple(STRATEGIES),
     "evaluator": ("train", "toy"),
-    "executor": ("local", "inprocess"),
+    "executor": executor_names(),
 }
 
 
@@ -107,8 +144,10 @@ def _register_search(subparsers: Any) -> None:
     )
     for flag, (name, kind, text) in OPTIONS.items():
         metavar = {int: "N", float: "X"}.get(kind, "NAME")
+        default = getattr(d, name)
+        text = text if default is None else f"{text} (default: {default})"
         p.add_argument(flag, type=kind, dest=name, metavar=metavar, choices=CHOICES.get(name),
-                       help=f"{text} (default: {getattr(d, name)})")  # fmt: skip
+                       help=text)  # fmt: skip
     p.add_argument("--no-reuse", dest="reuse", action="store_const", const=False, default=None,
                    help="train cells again even if an equivalent one was trained")  # fmt: skip
     p.add_argument("--out", required=True, help="experiment directory (resumed if it exists)")

@@ -1,0 +1,86 @@
+"""``nasnet transfer SEARCH_DIR|FILE.json --top K ... --out OUT``: retrain the best cells larger."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from nasnet.cli import UserError
+from nasnet.cli.train import OPTIONS, _ProgressBar
+from nasnet.data import DatasetError
+from nasnet.train import TrainConfig
+from nasnet.transfer import TransferError, resolve_sources, run_transfer
+
+
+def register(subparsers) -> None:
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "transfer",
+        help="retrain the top cells of a search at a larger size (resumable)",
+        description="Retrain the top-K cells of a search (or the cells of a genotype / export "
+        "file), stacked deeper and wider, on a dataset; each run records its lineage "
+        "(experiment, trial id, canonical hash). Rerunning with the same --out resumes.",
+    )
+    p.add_argument("source", help="a search directory, a genotype JSON file or an export file")
+    p.add_argument("--top", type=int, default=2, help="how many of the best cells (default: 2)")
+    for flag, (name, kind, text) in OPTIONS.items():
+        metavar = {int: "N", float: "X"}.get(kind, "SPEC")
+        p.add_argument(flag, type=kind, dest=name, metavar=metavar,
+                       help=f"{text} (default: {getattr(d, name)})")  # fmt: skip
+    p.add_argument("--out", required=True, help="output directory, one run per cell")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise UserError("--top: must be at least 1")
+    values = {name: getattr(args, name) for name, _, _ in OPTIONS.values()}
+    config = TrainConfig.from_dict(
+        {**TrainConfig().to_dict(), **{k: v for k, v in values.items() if v is not None}}
+    )
+    if args.aux_weight == 0:
+        config.auxiliary = False
+    try:
+        config.check()
+        sources = resolve_sources(args.source, args.top)
+    except (TransferError, ValueError) as err:
+        raise UserError(str(err)) from None
+    console = Console(stderr=True)
+    console.print(
+        f"transfer of {len(sources)} cell(s) to {config.dataset}: N={config.cells}, "
+        f"F={config.filters}, {config.epochs} epochs -> {args.out}",
+        soft_wrap=True,
+    )
+    current: list = [None, None]  # rank, its progress bar (one live display at a time)
+
+    def close_bar() -> None:
+        if current[1] is not None:
+            current[1].__exit__(None, None, None)
+        current[:] = [None, None]
+
+    def progress(rank, source, event) -> None:
+        if rank != current[0]:
+            close_bar()
+            trial = "" if source.trial_id is None else f" (trial {source.trial_id})"
+            console.print(f"[bold]cell {rank}/{len(sources)}[/] {source.hash}{trial}")
+            current[:] = [rank, _ProgressBar(console, quiet=args.quiet).__enter__()]
+        current[1].update(event)
+
+    try:
+        rows = run_transfer(sources, config, args.out, progress)
+    except (TransferError, DatasetError) as err:
+        raise UserError(str(err)) from None
+    finally:
+        close_bar()
+    failed = 0
+    for row in rows:
+        if row["status"] == "done":
+            print(f"rank {row['rank']} {row['hash']}: val {100 * row['val_accuracy']:.2f} %, "
+                  f"test {100 * (row['test_accuracy'] or 0):.2f} %, {row['params']:,} params "
+                  f"-> {row['run']}")  # fmt: skip
+        else:
+            failed += 1
+            print(f"rank {row['rank']} {row['hash']}: failed: {row['reason']}")
+    return 1 if failed else 0

@@ -1,0 +1,216 @@
+"""Transfer: retrain the best cells of a search, stacked deeper and wider, on a bigger dataset.
+
+The paper retrained its top 250 cells to convergence to pick the best. ``run_transfer`` trains
+each source cell with one :class:`~nasnet.train.TrainConfig` into ``OUT/rank-K-trial-ID/`` and
+records the lineage (search experiment, trial id, canonical hash, search reward) in each run's
+``lineage.json`` and in ``OUT/transfer.json``; the search directory gets a pointer in
+``transfers.jsonl`` so that ``nasnet show`` can list what came of its cells. Rerunning resumes:
+finished runs are kept and an interrupted one continues from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nasnet.space import Genotype, load_genotype
+from nasnet.train import TrainConfig, train
+
+TRANSFER_FILE = "transfer.json"
+LINEAGE_FILE = "lineage.json"
+POINTER_FILE = "transfers.jsonl"
+
+
+class TransferError(ValueError):
+    """The transfer source or output cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A cell to retrain and where it came from."""
+
+    genotype: Genotype
+    experiment: str | None = None
+    trial_id: int | None = None
+    search_reward: float | None = None
+    origin: str | None = None  # a genotype file, when not from a search
+
+    @property
+    def hash(self) -> str:
+        return self.genotype.canonical_hash()
+
+    def lineage(self) -> dict:
+        return {
+            "experiment": self.experiment,
+            "trial_id": self.trial_id,
+            "hash": self.hash,
+            "search_reward": self.search_reward,
+            "genotype_file": self.origin,
+        }
+
+
+def sources_from_search(directory: str, top: int) -> list[Source]:
+    """The ``top`` best distinct cells of a search experiment."""
+    from nasnet.search import leaderboard
+    from nasnet.store import Store
+
+    if not Store.exists(directory):
+        raise TransferError(f"{directory}: no search experiment here (run 'nasnet search')")
+    store = Store.open(directory, readonly=True)
+    try:
+        best = leaderboard(store.trials(), top)
+    finally:
+        store.close()
+    if not best:
+        raise TransferError(f"{directory}: the search has no finished trial yet")
+    experiment = os.path.abspath(directory)
+    return [Source(t.genotype, experiment, t.id, t.reward) for t in best]
+
+
+def sources_from_file(path: str, top: int | None = None) -> list[Source]:
+    """A genotype JSON file, or the list written by ``nasnet export`` (best first)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        raise TransferError(f"{path}: cannot read a genotype file ({err})") from None
+    if not isinstance(data, list):
+        return [Source(load_genotype(path), origin=os.path.abspath(path))]
+    sources = []
+    for k, entry in enumerate(data[:top]):
+        if not isinstance(entry, dict) or "genotype" not in entry:
+            raise TransferError(f"{path}[{k}]: expected an object with a 'genotype'")
+        sources.append(
+            Source(
+                Genotype.from_dict(entry["genotype"]),
+                entry.get("experiment"),
+                entry.get("id"),
+                entry.get("reward"),
+                os.path.abspath(path),
+            )
+        )
+    return sources
+
+
+def resolve_sources(source: str, top: int) -> list[Source]:
+    """A search directory or a genotype / export file -> the cells to retrain."""
+    if os.path.isdir(source):
+        return sources_from_search(source, top)
+    if os.path.exists(source):
+        return sources_from_file(source, top)
+    raise TransferError(f"{source}: no such search directory or genotype file")
+
+
+def run_dir_name(rank: int, source: Source) -> str:
+    tag = f"trial-{source.trial_id}" if source.trial_id is not None else source.hash
+    return f"rank-{rank:02d}-{tag}"
+
+
+def run_transfer(
+    sources: list[Source],
+    config: TrainConfig,
+    out_dir: str,
+    progress: Callable[[int, Source, dict], None] | None = None,
+) -> list[dict]:
+    """Train every source cell with ``config`` under ``out_dir``; returns one row per run.
+
+    ``progress(rank, source, event)`` receives the trainer's progress events.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    _check_previous(out_dir, sources, config)
+    rows: list[dict] = []
+    for rank, source in enumerate(sources, start=1):
+        run_dir = os.path.join(out_dir, run_dir_name(rank, source))
+        os.makedirs(run_dir, exist_ok=True)
+        _write_json(os.path.join(run_dir, LINEAGE_FILE), source.lineage())
+        run_config = dataclasses.replace(config, genotype=source.genotype.to_dict())
+        callback = None if progress is None else (lambda e, r=rank, s=source: progress(r, s, e))
+        result = train(source.genotype, run_config, out_dir=run_dir, progress=callback)
+        rows.append(_row(rank, source, run_dir, result))
+        _write_summary(out_dir, sources, config, rows)
+    for experiment in {s.experiment for s in sources if s.experiment}:
+        _add_pointer(experiment, out_dir)
+    return rows
+
+
+def _row(rank: int, source: Source, run_dir: str, result: dict) -> dict:
+    keys = ("status", "reason", "val_accuracy", "test_accuracy", "params", "mult_adds", "seconds")
+    return {
+        "rank": rank,
+        "run": os.path.basename(run_dir),
+        **source.lineage(),
+        **{key: result.get(key) for key in keys},
+    }
+
+
+def _check_previous(out_dir: str, sources: list[Source], config: TrainConfig) -> None:
+    path = os.path.join(out_dir, TRANSFER_FILE)
+    if not os.path.exists(path):
+        return
+    previous = read_transfer(out_dir)
+    hashes = [s.hash for s in sources]
+    if previous["hashes"][: len(hashes)] != hashes:
+        raise TransferError(f"{out_dir}: holds a transfer of other cells; choose another --out")
+    saved = TrainConfig.from_dict(previous["config"])
+    if dataclasses.replace(saved, threads=config.threads) != config:
+        raise TransferError(
+            f"{out_dir}: holds a transfer with other training options; choose another --out"
+        )
+
+
+def _write_summary(out_dir: str, sources: list[Source], config: TrainConfig, rows: list) -> None:
+    summary = {
+        "created": time.time(),
+        "config": config.to_dict(),
+        "hashes": [s.hash for s in sources],
+        "runs": rows,
+    }
+    _write_json(os.path.join(out_dir, TRANSFER_FILE), summary)
+
+
+def _add_pointer(experiment: str, out_dir: str) -> None:
+    """Tell the search directory that ``out_dir`` retrained its cells (once)."""
+    path = os.path.join(experiment, POINTER_FILE)
+    target = os.path.abspath(out_dir)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            if any(json.loads(line).get("transfer") == target for line in fh if line.strip()):
+                return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"transfer": target, "time": time.time()}) + "\n")
+
+
+def read_transfer(out_dir: str) -> dict:
+    """The ``transfer.json`` summary of a transfer directory."""
+    with open(os.path.join(out_dir, TRANSFER_FILE), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def transfers_of(experiment: str) -> list[dict]:
+    """Summaries of the transfers made from a search directory (those still on disk)."""
+    path = os.path.join(experiment, POINTER_FILE)
+    if not os.path.exists(path):
+        return []
+    found = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            target = json.loads(line)["transfer"] if line.strip() else None
+            if target and os.path.exists(os.path.join(target, TRANSFER_FILE)):
+                found.append({"transfer": target, **read_transfer(target)})
+    return found
+
+
+def is_transfer_dir(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, TRANSFER_FILE))
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,120 @@
+"""The Ray executor on a local 2-CPU Ray instance (started once for this module)."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from nasnet.search import SearchConfig, run_search
+from nasnet.store import Store
+
+ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install nasnet[ray]")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def finished_ids(directory):
+    store = Store.open(str(directory), readonly=True)
+    try:
+        return sorted(t.id for t in store.trials("done")), store.counts()
+    finally:
+        store.close()
+
+
+def toy_config(**overrides):
+    values = dict(strategy="random", evaluator="toy", executor="ray", budget=12, workers=2,
+                  seed=3)  # fmt: skip
+    values.update(overrides)
+    return SearchConfig(**values)
+
+
+def test_ray_toy_search_reaches_budget_and_matches_local_pool(tmp_path):
+    run_search(str(tmp_path / "ray"), toy_config())
+    run_search(str(tmp_path / "local"), toy_config(executor="local"))
+    stores = [Store.open(str(tmp_path / name), readonly=True) for name in ("ray", "local")]
+    try:
+        done = [{(t.hash, t.reward) for t in s.trials("done")} for s in stores]
+        assert len(stores[0].trials("done")) == 12
+        assert done[0] == done[1]  # same seed -> the same trials, whatever the order
+        assert all(t.worker.startswith("ray:") for t in stores[0].trials("done"))
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_ray_real_digits_children(tmp_path):
+    config = SearchConfig(strategy="random", evaluator="train", executor="ray", budget=2,
+                          workers=2, seed=0, child_cells=1, child_filters=4, child_epochs=1)  # fmt: skip
+    stats = run_search(str(tmp_path / "digits"), config)
+    ids, counts = finished_ids(tmp_path / "digits")
+    assert ids == [1, 2] and counts.get("failed", 0) == 0
+    assert 0.0 < stats.best_reward <= 1.0
+
+
+def running_child_pids():
+    """PIDs of Ray worker processes that are executing a child right now."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::_run_child"):
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def test_a_killed_worker_is_retried_and_no_trial_is_lost(tmp_path):
+    killed = []
+
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            pids = running_child_pids()
+            if pids:
+                time.sleep(0.3)  # let the child get well into its work
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    run_search(str(tmp_path / "kill"), toy_config(budget=8, toy_delay=1.0, max_retries=2))
+    thread.join(timeout=5)
+    assert killed, "no running child was found to kill"
+    ids, counts = finished_ids(tmp_path / "kill")
+    assert ids == list(range(1, 9)) and counts.get("failed", 0) == 0
+
+
+def test_ctrl_c_stops_cleanly_and_resumes_with_the_local_pool(tmp_path):
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "interrupted")
+    cmd = [sys.executable, "-m", "nasnet", "search", "--strategy", "random", "--evaluator", "toy",
+           "--toy-delay", "0.5", "--budget", "40", "--workers", "2", "--executor", "ray",
+           "--seed", "3", "--out", out]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if Store.exists(out) and len(finished_ids(out)[0]) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    done_before = len(finished_ids(out)[0])
+    assert 2 <= done_before < 40
+    run_search(out, SearchConfig.from_dict({
+        **toy_config().to_dict(), "executor": "local", "budget": done_before + 3,
+        "toy_delay": 0.0,
+    }))  # fmt: skip
+    ids, _ = finished_ids(out)
+    assert len(ids) == done_before + 3 and len(set(ids)) == len(ids)
