@@ -91,7 +91,8 @@ def main() -> None:
     print(f"ray / local at 2 workers: {rates[('ray', 2)] / rates[('local', 2)]:.2f}x")
     print(
         f"scheduling overhead per child (toy evaluator): ray {1000 * ray_child:.1f} ms, "
-        f"in-process {1000 * local_child:.1f} ms, difference {1000 * (ray_child - local_child):.1f} ms"
+        f"in-process {1000 * local_child:.1f} ms, "
+        f"difference {1000 * (ray_child - local_child):.1f} ms"
     )
 
 

@@ -50,8 +50,10 @@ def test_ray_toy_search_reaches_budget_and_matches_local_pool(tmp_path):
 
 
 def test_ray_real_digits_children(tmp_path):
-    config = SearchConfig(strategy="random", evaluator="train", executor="ray", budget=2,
-                          workers=2, seed=0, child_cells=1, child_filters=4, child_epochs=1)  # fmt: skip
+    config = SearchConfig(
+        strategy="random", evaluator="train", executor="ray", budget=2, workers=2, seed=0,
+        child_cells=1, child_filters=4, child_epochs=1,
+    )  # fmt: skip
     stats = run_search(str(tmp_path / "digits"), config)
     ids, counts = finished_ids(tmp_path / "digits")
     assert ids == [1, 2] and counts.get("failed", 0) == 0
