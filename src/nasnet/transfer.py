@@ -144,6 +144,7 @@ def _row(rank: int, source: Source, run_dir: str, result: dict) -> dict:
         "run": os.path.basename(run_dir),
         **source.lineage(),
         **{key: result.get(key) for key in keys},
+        "genotype": source.genotype.to_dict(),
     }
 
 

@@ -115,6 +115,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("dir", help="experiment directory (nasnet search --out)")
     p.add_argument("--top", type=int, default=10, help="cells listed (default: 10)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead")
+    p.add_argument("--draw", metavar="FILE", help="also draw the best cell pair (.svg/.png/.pdf)")
     p.set_defaults(func=run_show)
     p = subparsers.add_parser("export", help="write the best cells of a search as JSON")
     p.add_argument("dir", help="experiment directory")
@@ -307,7 +308,14 @@ def summarize(directory: str, top: int = 10) -> dict[str, Any]:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from nasnet.transfer import is_transfer_dir, read_transfer, transfers_of
+
+    if is_transfer_dir(args.dir):
+        return _show_transfer(args, read_transfer(args.dir))
     summary = summarize(args.dir, args.top)
+    summary["transfers"] = transfers_of(args.dir)
+    if args.draw and summary["leaderboard"]:
+        _draw_best(summary["leaderboard"][0], args.draw)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -335,7 +343,51 @@ def run_show(args: argparse.Namespace) -> int:
         f"running {summary['running']}, queued {summary['queued']}; "
         f"best reward {_num(summary['best_reward'])}"
     )
+    for transfer in summary["transfers"]:
+        _transfer_table(console, transfer["transfer"], transfer)
     return 0
+
+
+def _show_transfer(args: argparse.Namespace, transfer: dict[str, Any]) -> int:
+    if args.draw and transfer["runs"]:
+        _draw_best(transfer["runs"][0], args.draw)
+    if args.json:
+        print(json.dumps(transfer, indent=2))
+    else:
+        _transfer_table(Console(), args.dir, transfer)
+    return 0
+
+
+def _transfer_table(console: Console, directory: str, transfer: dict[str, Any]) -> None:
+    """The retrained cells of a transfer, with their lineage."""
+    config = transfer["config"]
+    table = Table(
+        title=f"{directory}: transfer to {config['dataset']}, N={config['cells']}, "
+        f"F={config['filters']}, {config['epochs']} epochs"
+    )
+    for name in ("rank", "hash", "trial", "search reward", "val acc", "test acc", "params",
+                 "status", "run"):  # fmt: skip
+        table.add_column(name, no_wrap=True)
+    origins = []
+    for run in transfer["runs"]:
+        origins.append(run["experiment"] or run["genotype_file"] or "-")
+        table.add_row(
+            str(run["rank"]), run["hash"][:8],
+            "-" if run["trial_id"] is None else str(run["trial_id"]), _num(run["search_reward"]),
+            _num(run["val_accuracy"]), _num(run["test_accuracy"]), _int(run["params"]),
+            run["status"] if run["status"] == "done" else f"failed: {run['reason']}", run["run"],
+        )  # fmt: skip
+    console.print(table)
+    console.print("lineage: from " + ", ".join(dict.fromkeys(origins)), soft_wrap=True)
+
+
+def _draw_best(entry: dict[str, Any], path: str) -> None:
+    from nasnet.draw import FORMATS, draw_genotype
+    from nasnet.space import Genotype
+
+    if not path.lower().endswith(FORMATS):
+        raise UserError(f"--draw {path}: unsupported image format; use {', '.join(FORMATS)}")
+    draw_genotype(Genotype.from_dict(entry["genotype"]), path, f"best cell {entry['hash'][:8]}")
 
 
 def _genotype(entry: dict[str, Any]) -> Any:

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from nasnet.cli import main
+from nasnet.genotypes import NASNET_A
+from nasnet.search import SearchConfig, run_search
+from nasnet.transfer import TransferError, resolve_sources
+
+
+@pytest.fixture(scope="module")
+def digits_search(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("search"))
+    config = SearchConfig(
+        strategy="random", evaluator="train", executor="inprocess", budget=3, workers=1,
+        seed=1, child_cells=1, child_filters=4, child_epochs=1,
+    )  # fmt: skip
+    run_search(directory, config)
+    return directory
+
+
+TRAIN = ["--dataset", "digits", "--cells", "1", "--filters", "6", "--epochs", "1",
+         "--batch-size", "128", "--threads", "1"]  # fmt: skip
+
+
+def test_transfer_retrains_top_cells_with_lineage(digits_search, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = str(tmp_path / "transfer")
+    assert main(["transfer", digits_search, "--top", "2", *TRAIN, "--out", out, "--quiet"]) == 0
+    summary = json.loads((tmp_path / "transfer" / "transfer.json").read_text())
+    assert len(summary["runs"]) == 2 and summary["config"]["filters"] == 6
+    for run in summary["runs"]:
+        assert run["status"] == "done" and run["experiment"] and run["trial_id"] is not None
+        lineage = json.loads((tmp_path / "transfer" / run["run"] / "lineage.json").read_text())
+        assert lineage["hash"] == run["hash"] and lineage["trial_id"] == run["trial_id"]
+    capsys.readouterr()
+
+    assert main(["show", out, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["hash"] for r in shown["runs"]] == summary["hashes"]
+
+    assert main(["show", digits_search, "--json"]) == 0
+    search = json.loads(capsys.readouterr().out)
+    assert [t["transfer"] for t in search["transfers"]] == [out]
+    best = [entry["hash"] for entry in search["leaderboard"][:2]]
+    assert best == summary["hashes"]
+
+    assert main(["show", out]) == 0
+    text = capsys.readouterr().out
+    assert "transfer to digits" in text and f"lineage: from {digits_search}" in text
+    assert summary["runs"][0]["hash"][:8] in text
+
+    # rerunning resumes: nothing is trained again
+    assert main(["transfer", digits_search, "--top", "2", *TRAIN, "--out", out, "--quiet"]) == 0
+    again = json.loads((tmp_path / "transfer" / "transfer.json").read_text())
+    assert [r["val_accuracy"] for r in again["runs"]] == [
+        r["val_accuracy"] for r in summary["runs"]
+    ]
+
+
+def test_transfer_accepts_a_genotype_file(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(NASNET_A.to_json())
+    sources = resolve_sources(str(path), 3)
+    assert len(sources) == 1 and sources[0].genotype == NASNET_A and sources[0].trial_id is None
+
+
+def test_transfer_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(TransferError, match="no such"):
+        resolve_sources(str(tmp_path / "missing"), 2)
+    assert main(["transfer", str(tmp_path), "--top", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no search experiment" in err
