@@ -40,3 +40,17 @@ def test_draw_any_sampled_genotype(tmp_path):
 def test_draw_rejects_unknown_format(tmp_path, capsys):
     assert main(["draw", "nasnet_a", "-o", str(tmp_path / "cell.bmp")]) == 2
     assert "unsupported image format" in capsys.readouterr().err
+
+
+def test_report_html_embeds_the_best_cell(tmp_path):
+    from nasnet.search import SearchConfig, run_search
+
+    directory = str(tmp_path / "toy")
+    run_search(directory, SearchConfig(strategy="random", evaluator="toy", executor="inprocess",
+                                       budget=5, workers=1))  # fmt: skip
+    out = tmp_path / "report.html"
+    assert main(["report", directory, "-o", str(out)]) == 0
+    page = out.read_text()
+    assert "best cell" in page and "<svg" in page and ">concat<" in page
+    assert main(["show", directory, "--draw", str(tmp_path / "best.svg")]) == 0
+    assert ">concat<" in (tmp_path / "best.svg").read_text()

@@ -129,3 +129,14 @@ def draw_genotype(genotype: Genotype, path: str, title: str | None = None) -> st
         fig.savefig(path, dpi=150)
         plt.close(fig)
     return path
+
+
+def genotype_svg(genotype: Genotype, title: str | None = None) -> str:
+    """The diagram of :func:`draw_genotype` as SVG text (for embedding in HTML)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = draw_genotype(genotype, os.path.join(tmp, "cell.svg"), title)
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    return text[text.index("<svg") :]

@@ -467,6 +467,7 @@ def _run_data(directory: str) -> dict[str, Any]:
         "strategy": config.get("strategy"),
         "rewards": rewards_in_finish_order(trials),
         "failed": counts["failed"],
+        "best": next(iter(leaderboard(trials, 1)), None),
     }
 
 
@@ -534,6 +535,7 @@ def report_html(runs: list[dict[str, Any]], png: bytes) -> str:
     head = ("experiment", "strategy", "finished", "failed", "best", "mean top-5", "mean top-10",
             "mean")  # fmt: skip
     image = base64.b64encode(png).decode("ascii")
+    cells = "".join(_best_cell_html(run) for run in runs if run.get("best") is not None)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>nasnet search report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -544,5 +546,19 @@ def report_html(runs: list[dict[str, Any]], png: bytes) -> str:
         + "".join(f"<th>{h}</th>" for h in head)
         + "</tr>\n"
         + "\n".join(rows)
-        + "\n</table>\n</body></html>\n"
+        + "\n</table>\n"
+        + cells
+        + "</body></html>\n"
+    )
+
+
+def _best_cell_html(run: dict[str, Any]) -> str:
+    """The best cell pair of one experiment as an inline SVG diagram."""
+    from nasnet.draw import genotype_svg
+
+    best = run["best"]
+    title = f"trial {best.id}, reward {best.reward:.4f}, hash {best.hash[:8]}"
+    return (
+        f"<h2>{html.escape(run['label'])}: best cell</h2>\n"
+        f"<div>{genotype_svg(best.genotype, title)}</div>\n"
     )
