@@ -8,14 +8,17 @@ backward, gradient clipping, SGD), and prints these ratios:
 * batch size: images/s at batch 32, 64 and 128 in the default layout;
 * processes: one child using all T threads against T one-thread children side by side
   (separate processes, aggregate images/s over the same wall-clock window);
+* OpenMP wait policy: one child with all threads, ``OMP_WAIT_POLICY=PASSIVE`` against
+  ``ACTIVE`` (spinning) - libgomp reads it once, when torch loads, so each runs in a subprocess;
 * matmul ceiling: the child's achieved FLOP rate (3 x forward mult-adds x 2 x images/s)
   as a fraction of the GFLOP/s of a large fp32 matmul measured in the same run.
 
-Variants that are compared run in alternating rounds and each ratio is the median of the
+Variants that are compared run in alternating short rounds and each ratio is the median of the
 per-round ratios, so that load from other processes on the machine affects both sides alike.
 
-    python bench/train_throughput.py            # about 4 minutes
-    python bench/train_throughput.py --quick    # about 1 minute
+    python bench/train_throughput.py                   # all sections, about 6 minutes
+    python bench/train_throughput.py --quick           # layout, processes, ceiling: ~1 minute
+    python bench/train_throughput.py --only layout     # layout,batch,processes,wait,ceiling
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ def report_processes(args: argparse.Namespace, threads: int) -> None:
         print("processes: skipped (one core)")
         return
     one, many = [], []
-    for _ in range(max(1, args.rounds // 2)):
+    for _ in range(max(1, args.rounds // 3)):
         one.append(side_by_side(1, threads, args))
         many.append(side_by_side(threads, 1, args))
     print(f"  1 child x {threads} threads: {statistics.median(one):7.1f} img/s")
@@ -181,7 +184,7 @@ def report_wait_policy(args: argparse.Namespace, threads: int) -> None:
     if threads < 2:
         return
     spin, passive = [], []
-    for _ in range(max(1, args.rounds // 2)):
+    for _ in range(max(1, args.rounds // 3)):
         spin.append(side_by_side(1, threads, args, {"OMP_WAIT_POLICY": "ACTIVE"}))
         passive.append(side_by_side(1, threads, args, {"OMP_WAIT_POLICY": "PASSIVE"}))
     print(f"  OMP_WAIT_POLICY=ACTIVE:  {statistics.median(spin):7.1f} img/s")
@@ -199,6 +202,9 @@ def report_ceiling(images_per_sec: float, mult_adds: int, threads: int) -> None:
     print(f"fraction of the matmul ceiling: {achieved / peak:.3f}")
 
 
+SECTIONS = ("layout", "batch", "processes", "wait", "ceiling")
+
+
 def main() -> None:
     args = parse_args()
     if args.worker:
@@ -210,19 +216,24 @@ def main() -> None:
     mult_adds = count_mult_adds(probe, (3, 32, 32))
     print(f"NASNet-A child, CIFAR stem, 32x32, N={args.cells}, F={args.filters}: "
           f"{count_params(probe):,} params, {mult_adds / 1e6:.1f} M mult-adds, batch "
-          f"{args.batch_size}, torch {torch.__version__}, {threads} threads")  # fmt: skip
-    print("layout:")
-    rate = report_layout(args, threads)
-    if not args.quick:
+          f"{args.batch_size}, torch {torch.__version__}, {threads} threads, load average "
+          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    rate = None
+    if "layout" in args.only or "ceiling" in args.only:
+        print("layout:")
+        rate = report_layout(args, threads)
+    if "batch" in args.only:
         print("batch size (channels_last):")
         report_batch_sizes(args)
-    print("processes:")
-    report_processes(args, threads)
-    if not args.quick:
+    if "processes" in args.only:
+        print("processes:")
+        report_processes(args, threads)
+    if "wait" in args.only:
         print("OpenMP wait policy (one child, all threads):")
         report_wait_policy(args, threads)
-    print("matmul ceiling:")
-    report_ceiling(rate, mult_adds, threads)
+    if "ceiling" in args.only:
+        print("matmul ceiling:")
+        report_ceiling(rate, mult_adds, threads)
 
 
 def parse_args() -> argparse.Namespace:
@@ -235,9 +246,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds per comparison")
     p.add_argument("--seconds", type=float, default=None, help="seconds per variant and round")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     args = p.parse_args()
-    args.rounds = args.rounds or (2 if args.quick else 5)
-    args.seconds = args.seconds or (3.0 if args.quick else 6.0)
+    args.only = set(args.only.split(","))
+    if args.quick and "--only" not in sys.argv:
+        args.only = {"layout", "processes", "ceiling"}
+    args.rounds = args.rounds or (4 if args.quick else 12)
+    args.seconds = args.seconds or 2.0
     return args
 
 

@@ -68,3 +68,17 @@ def test_features_only_drops_unused_cells():
     assert len(early.body.cells) == 2 < len(full.cells)
     with pytest.raises(ValueError, match="out_indices"):
         nasnet.create_model("nasnet_a_cifar", features_only=True, out_indices=(5,))
+
+
+def test_export_a_trained_run(tmp_path, capsys):
+    from nasnet.train import TrainConfig, load_model, train
+
+    run = str(tmp_path / "run")
+    config = TrainConfig(dataset="synthetic", cells=1, filters=4, epochs=1, batch_size=32,
+                         threads=1)  # fmt: skip
+    assert train(None, config, out_dir=run)["status"] == "done"
+    model = load_model(run)
+    assert not model.training and model.config.filters == 4
+    out = tmp_path / "run.pt"
+    assert main(["export-model", run, "--format", "torchscript", "-o", str(out)]) == 0
+    assert ": ok" in capsys.readouterr().out

@@ -221,6 +221,7 @@ def evaluate_train(genotype: Genotype, seed: int, options: dict[str, Any]) -> di
         seed=seed,
         image_size=options.get("image_size"),
         threads=options.get("threads"),
+        device=options.get("device") or "cpu",
         eval_test=True,
     )
     if options.get("child_batch_size"):

@@ -185,6 +185,8 @@ class SearchConfig:
                 child_batch_size=self.child_batch_size,
                 child_lr=self.child_lr,
                 image_size=self.image_size,
+                # a Ray child given a GPU sees it through CUDA_VISIBLE_DEVICES
+                device="auto" if self.executor == "ray" and self.gpus_per_child > 0 else "cpu",
             )
         return options
 

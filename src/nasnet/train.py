@@ -90,6 +90,7 @@ class TrainConfig:
     channels_last: bool = True
     threads: int | None = None
     seed: int = 0
+    device: str = "cpu"
     eval_test: bool = True
     eval_batch_size: int = 256
     extra: dict = field(default_factory=dict)
@@ -129,6 +130,8 @@ class TrainConfig:
             raise ValueError("dropout and label_smoothing must be in [0, 1)")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
         if self.cutout < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("cutout, weight_decay and grad_clip must not be negative")
 
@@ -199,8 +202,10 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
+    device = next(model.parameters()).device
     for x, y in zip(images.split(batch), labels.split(batch), strict=True):
-        logits = model(augment.normalize(x))
+        y = y.to(device)
+        logits = model(augment.normalize(x).to(device))
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     model.train(was_training)
@@ -228,7 +233,8 @@ class ChildTrainer:
     ) -> None:
         self.config, self.data, self.out_dir, self.progress = config, data, out_dir, progress
         self.genotype = genotype
-        self.model = build_model(genotype, config, data)
+        self.device = resolve_device(config.device)
+        self.model = build_model(genotype, config, data).to(self.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
@@ -256,6 +262,7 @@ class ChildTrainer:
             "train_seconds": self.train_seconds,
             "train_images": self.train_images,
             "rng": _rng_state(self.aug_gen),
+            "network": self.model.config.to_dict(),
         }
 
     def load(self, state: dict) -> None:
@@ -319,8 +326,8 @@ class ChildTrainer:
 
     def step(self, idx: torch.Tensor, step: int) -> tuple[float, int]:
         """One SGD step on the training examples ``idx``; returns (loss, correct count)."""
-        x = self.augment(self.data.train_x[idx], self.aug_gen)
-        y = self.data.train_y[idx]
+        x = self.augment(self.data.train_x[idx], self.aug_gen).to(self.device)
+        y = self.data.train_y[idx].to(self.device)
         self.model.set_drop_path_progress(step / max(self.total_steps, 1))
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(step)
@@ -543,7 +550,29 @@ def _load_run(out_dir: str) -> tuple[TrainConfig, Genotype, dict]:
             raise FileNotFoundError(f"{path} not found; is {out_dir} a 'nasnet train' output?")
     with open(config_path, encoding="utf-8") as fh:
         config = TrainConfig.from_dict(json.load(fh))
-    return config, resolve_genotype(config.genotype), torch.load(checkpoint, weights_only=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return config, resolve_genotype(config.genotype), state
+
+
+def load_model(out_dir: str) -> nn.Module:
+    """The network trained in ``out_dir`` (its EMA weights when it kept them), in eval mode."""
+    from nasnet.network import NASNet, NetworkConfig
+
+    _, genotype, state = _load_run(out_dir)
+    if "network" not in state:
+        raise ValueError(f"{out_dir}: the checkpoint does not record its network; retrain it")
+    model = NASNet(genotype, NetworkConfig(**state["network"]))
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    return model.eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, or ``auto`` (CUDA when available, as in a Ray task given a GPU)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -43,6 +43,7 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "--image-size": ("image_size", int, "resize images to this side (digits, folder, synthetic)"),
     "--threads": ("threads", int, "torch threads (default: all cores)"),
     "--seed": ("seed", int, "random seed"),
+    "--device": ("device", str, "cpu, cuda or auto (CUDA when available)"),
 }
 
 
