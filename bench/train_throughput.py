@@ -218,6 +218,10 @@ def main() -> None:
           f"{count_params(probe):,} params, {mult_adds / 1e6:.1f} M mult-adds, batch "
           f"{args.batch_size}, torch {torch.__version__}, {threads} threads, load average "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"note: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores); "
+              "absolute numbers are noisy, paired ratios less so")  # fmt: skip
     rate = None
     if "layout" in args.only or "ceiling" in args.only:
         print("layout:")

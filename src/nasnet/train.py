@@ -61,10 +61,11 @@ class RunMismatch(ValueError):
 class TrainConfig:
     """Hyperparameters of one child run (saved as ``config.json``).
 
-    The defaults train NASNet-A with N=2, F=12 on the built-in digits data (16x16) in about two
-    minutes on two CPU cores. NASNet's own CIFAR-10 recipe (N=6, F=32, 600 epochs, batch 32,
-    lr 0.025, weight decay 5e-4, clip 5, aux 0.4, drop-path keep 0.6) is these fields set
-    accordingly.
+    The defaults train NASNet-A with N=2, F=12 on the built-in digits data (16x16) in about 70 s
+    on two idle CPU cores (about 99 % test accuracy). NASNet's own CIFAR-10 recipe (N=6, F=32,
+    600 epochs, batch 32, lr 0.025, weight decay 5e-4, clip 5, aux 0.4, drop-path keep 0.6) is
+    these fields set accordingly. ``extra`` is free-form metadata (e.g. a search's trial id) kept in
+    ``config.json``.
     """
 
     dataset: str = "digits"
