@@ -58,8 +58,25 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-def _register_train(subparsers) -> None:
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The training hyperparameter flags of :data:`OPTIONS` (shared with ``nasnet transfer``)."""
     d = TrainConfig()
+    for flag, (name, kind, text) in OPTIONS.items():
+        metavar = {int: "N", float: "X"}.get(kind, "SPEC")
+        p.add_argument(flag, type=kind, dest=name, metavar=metavar,
+                       help=f"{text} (default: {getattr(d, name)})")  # fmt: skip
+
+
+def training_values(args: argparse.Namespace) -> dict:
+    """The training options given on the command line (unset ones left out)."""
+    names = [name for name, _, _ in OPTIONS.values()]
+    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if args.aux_weight == 0:
+        values["auxiliary"] = False
+    return values
+
+
+def _register_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train one child network (resumable)",
@@ -67,10 +84,7 @@ def _register_train(subparsers) -> None:
         "head. Rerunning with the same --out resumes from its checkpoint; options not given "
         "are taken from the saved run, else from the defaults.",
     )
-    for flag, (name, kind, text) in OPTIONS.items():
-        metavar = {int: "N", float: "X"}.get(kind, "SPEC")
-        p.add_argument(flag, type=kind, dest=name, metavar=metavar,
-                       help=f"{text} (default: {getattr(d, name)})")  # fmt: skip
+    add_training_options(p)
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false", default=None,
                    help="plain momentum instead of Nesterov")  # fmt: skip
     p.add_argument("--nchw", dest="channels_last", action="store_false", default=None,
@@ -92,10 +106,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                 values.update(TrainConfig.from_dict(json.load(fh)).to_dict())
         except (ValueError, TypeError) as err:
             raise UserError(f"{saved}: not a nasnet training config ({err})") from None
-    names = [name for name, _, _ in OPTIONS.values()] + ["nesterov", "channels_last", "eval_test"]
-    values.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
-    if args.aux_weight == 0:
-        values["auxiliary"] = False
+    values.update(training_values(args))
+    flags = ("nesterov", "channels_last", "eval_test")
+    values.update({n: getattr(args, n) for n in flags if getattr(args, n) is not None})
     config = TrainConfig.from_dict(values)
     try:
         config.check()
@@ -119,7 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"{data.summary()}; N={config.cells}, F={config.filters}, {config.epochs} epochs",
         soft_wrap=True,
     )
-    with _ProgressBar(console, quiet=args.quiet) as bar:
+    with ProgressBar(console, quiet=args.quiet) as bar:
         result = train(genotype, config, out_dir=args.out, progress=bar.update, dataset=data)
     if result["status"] != "done":
         print(f"nasnet train: child failed: {result['reason']}", file=sys.stderr)
@@ -155,7 +168,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ProgressBar:
+class ProgressBar:
     """A rich progress bar fed by :func:`nasnet.train.train`'s progress events."""
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
@@ -173,7 +186,7 @@ class _ProgressBar:
         self.task = self.progress.add_task("train", total=None, epoch="-", stats="")
         self.epochs = 0
 
-    def __enter__(self) -> _ProgressBar:
+    def __enter__(self) -> ProgressBar:
         self.progress.__enter__()
         return self
 

@@ -7,14 +7,13 @@ import argparse
 from rich.console import Console
 
 from nasnet.cli import UserError
-from nasnet.cli.train import OPTIONS, _ProgressBar
+from nasnet.cli.train import ProgressBar, add_training_options, training_values
 from nasnet.data import DatasetError
 from nasnet.train import TrainConfig
 from nasnet.transfer import TransferError, resolve_sources, run_transfer
 
 
 def register(subparsers) -> None:
-    d = TrainConfig()
     p = subparsers.add_parser(
         "transfer",
         help="retrain the top cells of a search at a larger size (resumable)",
@@ -24,10 +23,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("source", help="a search directory, a genotype JSON file or an export file")
     p.add_argument("--top", type=int, default=2, help="how many of the best cells (default: 2)")
-    for flag, (name, kind, text) in OPTIONS.items():
-        metavar = {int: "N", float: "X"}.get(kind, "SPEC")
-        p.add_argument(flag, type=kind, dest=name, metavar=metavar,
-                       help=f"{text} (default: {getattr(d, name)})")  # fmt: skip
+    add_training_options(p)
     p.add_argument("--out", required=True, help="output directory, one run per cell")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -36,12 +32,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError("--top: must be at least 1")
-    values = {name: getattr(args, name) for name, _, _ in OPTIONS.values()}
-    config = TrainConfig.from_dict(
-        {**TrainConfig().to_dict(), **{k: v for k, v in values.items() if v is not None}}
-    )
-    if args.aux_weight == 0:
-        config.auxiliary = False
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **training_values(args)})
     try:
         config.check()
         sources = resolve_sources(args.source, args.top)
@@ -65,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             close_bar()
             trial = "" if source.trial_id is None else f" (trial {source.trial_id})"
             console.print(f"[bold]cell {rank}/{len(sources)}[/] {source.hash}{trial}")
-            current[:] = [rank, _ProgressBar(console, quiet=args.quiet).__enter__()]
+            current[:] = [rank, ProgressBar(console, quiet=args.quiet).__enter__()]
         current[1].update(event)
 
     try:
