@@ -382,7 +382,8 @@ def _check_config(cfg: NetworkConfig) -> None:
         raise ValueError(f"stem: unknown stem {cfg.stem!r}; choose 'cifar' or 'imagenet'")
     if cfg.cells < 1:
         raise ValueError(f"cells: N must be at least 1, got {cfg.cells}")
-    if cfg.filters < 4 if cfg.stem == "imagenet" else cfg.filters < 1:
+    minimum = 4 if cfg.stem == "imagenet" else 1  # ImageNet stem cells use F/4 filters
+    if cfg.filters < minimum:
         raise ValueError(f"filters: F={cfg.filters} is too small for the {cfg.stem} stem")
     if not 0.0 < cfg.drop_path_keep_prob <= 1.0:
         raise ValueError("drop_path_keep_prob: must be in (0, 1]")
