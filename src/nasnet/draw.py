@@ -7,6 +7,7 @@ boxes feeding a green combine node, and the states that form the cell output mee
 
 from __future__ import annotations
 
+import io
 import os
 
 import matplotlib
@@ -112,6 +113,20 @@ def draw_genotype(genotype: Genotype, path: str, title: str | None = None) -> st
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
         raise ValueError(f"{path}: unsupported image format; use one of {', '.join(FORMATS)}")
+    _render(genotype, path, title, ext[1:])
+    return path
+
+
+def genotype_svg(genotype: Genotype, title: str | None = None) -> str:
+    """The diagram of :func:`draw_genotype` as SVG text (for embedding in HTML)."""
+    buffer = io.StringIO()
+    _render(genotype, buffer, title, "svg")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _render(genotype: Genotype, target, title: str | None, fmt: str) -> None:
+    """Draw both cells and save the figure to ``target`` (a path or a file object)."""
     depth = max(max(_levels(genotype.normal)), max(_levels(genotype.reduction)))
     widths = [_width(genotype.normal), _width(genotype.reduction)]
     with plt.rc_context({"svg.fonttype": "none"}):
@@ -126,17 +141,5 @@ def draw_genotype(genotype: Genotype, path: str, title: str | None = None) -> st
         if title:
             fig.suptitle(title, fontsize=11)
         fig.tight_layout()
-        fig.savefig(path, dpi=150)
+        fig.savefig(target, dpi=150, format=fmt)
         plt.close(fig)
-    return path
-
-
-def genotype_svg(genotype: Genotype, title: str | None = None) -> str:
-    """The diagram of :func:`draw_genotype` as SVG text (for embedding in HTML)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = draw_genotype(genotype, os.path.join(tmp, "cell.svg"), title)
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    return text[text.index("<svg") :]

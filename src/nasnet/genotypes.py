@@ -7,7 +7,9 @@ the published parameter counts and weights follow the code, not the paper's figu
 
 from __future__ import annotations
 
-from nasnet.space import Block, Cell, Genotype
+import os
+
+from nasnet.space import Block, Cell, Genotype, GenotypeError, load_genotype
 
 NASNET_A = Genotype(
     normal=Cell(
@@ -44,3 +46,19 @@ GENOTYPES: dict[str, Genotype] = {
     "nasnet_a": NASNET_A,
     "nasnet_a_figure": NASNET_A_FIGURE,
 }
+
+
+def resolve_genotype(spec: str | dict | Genotype) -> Genotype:
+    """A genotype from a name in :data:`GENOTYPES`, a JSON file path, a dict or a Genotype."""
+    if isinstance(spec, Genotype):
+        return spec
+    if isinstance(spec, dict):
+        return Genotype.from_dict(spec)
+    if spec in GENOTYPES:
+        return GENOTYPES[spec]
+    if not os.path.exists(spec):
+        raise GenotypeError(
+            f"unknown genotype {spec!r}: no such file, and not a known name "
+            f"({', '.join(GENOTYPES)})"
+        )
+    return load_genotype(spec)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasnet.data import Augment, Dataset, load_dataset
-from nasnet.space import Genotype, load_genotype
+from nasnet.genotypes import resolve_genotype
+from nasnet.space import Genotype
 
 #: Called with one event dict: ``kind`` is ``start``, ``step`` or ``epoch``.
 ProgressFn = Callable[[dict], None]
@@ -135,21 +136,6 @@ class TrainConfig:
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
         if self.cutout < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("cutout, weight_decay and grad_clip must not be negative")
-
-
-def resolve_genotype(spec: str | dict | Genotype) -> Genotype:
-    """A genotype from a name in :data:`nasnet.genotypes.GENOTYPES`, a JSON file, or a dict."""
-    from nasnet.genotypes import GENOTYPES
-
-    if isinstance(spec, Genotype):
-        return spec
-    if isinstance(spec, dict):
-        return Genotype.from_dict(spec)
-    if spec in GENOTYPES:
-        return GENOTYPES[spec]
-    if os.path.exists(spec) or spec.endswith(".json"):
-        return load_genotype(spec)
-    raise ValueError(f"unknown genotype {spec!r}; use {', '.join(GENOTYPES)} or a JSON file")
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from nasnet.cli import UserError
-from nasnet.cli.info import resolve_genotype
 from nasnet.draw import FORMATS, draw_genotype
+from nasnet.genotypes import resolve_genotype
 
 
 def register(subparsers) -> None:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from nasnet.cli import UserError
 from nasnet.counting import count_mult_adds, count_params
-from nasnet.genotypes import GENOTYPES
+from nasnet.genotypes import GENOTYPES, resolve_genotype
 from nasnet.network import build_network, cell_output_shapes, penultimate_filters
 from nasnet.registry import PRESETS, create_model, list_models
-from nasnet.space import Cell, Genotype, load_genotype
+from nasnet.space import Cell
 
 
 def register(subparsers) -> None:
@@ -39,15 +37,6 @@ def register(subparsers) -> None:
     p.add_argument("--filters", type=int, default=32, help="F for a genotype file (default: 32)")
     p.add_argument("--num-classes", type=int, help="classifier outputs")
     p.set_defaults(func=run)
-
-
-def resolve_genotype(name: str) -> Genotype:
-    """A known genotype name or a JSON file path -> Genotype (one-line errors)."""
-    if name in GENOTYPES:
-        return GENOTYPES[name]
-    if not os.path.exists(name):
-        raise UserError(f"{name}: no such file, and not a known genotype ({', '.join(GENOTYPES)})")
-    return load_genotype(name)
 
 
 def run(args: argparse.Namespace) -> int:
