@@ -17,18 +17,17 @@ import argparse
 import tempfile
 import time
 
-from nasnet.search import SearchConfig, run_search
+from nasnet.search import run_search
+from nasnet.search_config import SearchConfig
 from nasnet.store import Store
+from nasnet.train import TrainConfig
 
 
 def children_per_hour(directory: str, workers: int) -> float:
     """Steady-state children per hour: the children finished after each worker's first one
     (which also pays for starting the worker) over the time since the W-th finish."""
-    store = Store.open(directory, readonly=True)
-    try:
+    with Store.open(directory, readonly=True) as store:
         finishes = sorted(t.finished for t in store.trials("done"))
-    finally:
-        store.close()
     after_warm_up = finishes[workers - 1 :]
     return 3600.0 * (len(after_warm_up) - 1) / (after_warm_up[-1] - after_warm_up[0])
 
@@ -42,9 +41,7 @@ def measure(executor: str, workers: int, args: argparse.Namespace) -> float:
         workers=workers,
         seed=0,
         reuse=False,
-        child_cells=1,
-        child_filters=args.filters,
-        child_epochs=args.epochs,
+        child=TrainConfig(cells=1, filters=args.filters, epochs=args.epochs, eval_test=False),
     )
     with tempfile.TemporaryDirectory() as directory:
         run_search(directory, config)

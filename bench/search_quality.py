@@ -21,8 +21,11 @@ import statistics
 import tempfile
 import time
 
-from nasnet.search import SearchConfig, mean_top, rewards_in_finish_order, run_search
+from nasnet.results import mean_top, rewards_in_finish_order
+from nasnet.search import run_search
+from nasnet.search_config import SearchConfig
 from nasnet.store import Store
+from nasnet.train import TrainConfig
 
 STRATEGIES = ("ppo", "random", "evolution")
 
@@ -49,26 +52,23 @@ def parse_args() -> argparse.Namespace:
 
 
 def config_for(args: argparse.Namespace, strategy: str, seed: int) -> SearchConfig:
-    extra: dict = {}
+    options: dict = {}
     if strategy in ("ppo", "reinforce"):
-        extra = {"controller_lr": args.controller_lr, "controller_batch": args.controller_batch}
+        options = {"lr": args.controller_lr, "batch_size": args.controller_batch}
     elif strategy == "evolution":
-        extra = {"population": args.population, "sample_size": args.sample_size}
+        options = {"population": args.population, "sample_size": args.sample_size}
+    child = TrainConfig(dataset=args.dataset, cells=args.child_cells, filters=args.child_filters,
+                        epochs=args.child_epochs, eval_test=False)  # fmt: skip
     return SearchConfig(
-        strategy=strategy, dataset=args.dataset, budget=args.budget, workers=args.workers,
-        seed=seed, evaluator=args.evaluator,
+        strategy=strategy, strategy_options=options, budget=args.budget, workers=args.workers,
+        seed=seed, evaluator=args.evaluator, child=child,
         executor="local" if args.evaluator == "train" else "inprocess",
-        child_cells=args.child_cells, child_filters=args.child_filters,
-        child_epochs=args.child_epochs, **extra,
     )  # fmt: skip
 
 
 def rewards_of(directory: str) -> list[float]:
-    store = Store.open(directory, readonly=True)
-    try:
+    with Store.open(directory, readonly=True) as store:
         return rewards_in_finish_order(store.trials())
-    finally:
-        store.close()
 
 
 def spread(values: list[float]) -> str:

@@ -43,7 +43,8 @@ def test_draw_rejects_unknown_format(tmp_path, capsys):
 
 
 def test_report_html_embeds_the_best_cell(tmp_path):
-    from nasnet.search import SearchConfig, run_search
+    from nasnet.search import run_search
+    from nasnet.search_config import SearchConfig
 
     directory = str(tmp_path / "toy")
     run_search(directory, SearchConfig(strategy="random", evaluator="toy", executor="inprocess",

@@ -1,5 +1,6 @@
 """The Ray executor on a local 2-CPU Ray instance (started once for this module)."""
 
+import dataclasses
 import os
 import signal
 import threading
@@ -7,7 +8,8 @@ import time
 
 import pytest
 
-from nasnet.search import SearchConfig, run_search
+from nasnet.search import run_search
+from nasnet.search_config import SearchConfig
 from nasnet.store import Store
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install nasnet[ray]")
@@ -52,8 +54,8 @@ def test_ray_toy_search_reaches_budget_and_matches_local_pool(tmp_path):
 def test_ray_real_digits_children(tmp_path):
     config = SearchConfig(
         strategy="random", evaluator="train", executor="ray", budget=2, workers=2, seed=0,
-        child_cells=1, child_filters=4, child_epochs=1,
     )  # fmt: skip
+    config.child = dataclasses.replace(config.child, cells=1, filters=4, epochs=1)
     stats = run_search(str(tmp_path / "digits"), config)
     ids, counts = finished_ids(tmp_path / "digits")
     assert ids == [1, 2] and counts.get("failed", 0) == 0
@@ -87,7 +89,9 @@ def test_a_killed_worker_is_retried_and_no_trial_is_lost(tmp_path):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    run_search(str(tmp_path / "kill"), toy_config(budget=8, toy_delay=1.0, max_retries=2))
+    config = toy_config(budget=8, evaluator_options={"delay": 1.0},
+                        executor_options={"max_retries": 2})  # fmt: skip
+    run_search(str(tmp_path / "kill"), config)
     thread.join(timeout=5)
     assert killed, "no running child was found to kill"
     ids, counts = finished_ids(tmp_path / "kill")
@@ -116,7 +120,7 @@ def test_ctrl_c_stops_cleanly_and_resumes_with_the_local_pool(tmp_path):
     assert 2 <= done_before < 40
     run_search(out, SearchConfig.from_dict({
         **toy_config().to_dict(), "executor": "local", "budget": done_before + 3,
-        "toy_delay": 0.0,
+        "evaluator_options": {"delay": 0.0},
     }))  # fmt: skip
     ids, _ = finished_ids(out)
     assert len(ids) == done_before + 3 and len(set(ids)) == len(ids)

@@ -11,47 +11,40 @@ import sqlite3
 import subprocess
 import sys
 import time
+from typing import ClassVar
 
 import pytest
 
 from nasnet import evaluators
-from nasnet.evaluators import cost_aware_reward, run_trial, toy_reward, toy_target
+from nasnet.evaluators import Task, cost_aware_reward, run_trial, toy_reward, toy_target
+from nasnet.evaluators.toy import ToyEvaluator
 from nasnet.executors import InProcessExecutor, LocalExecutor
 from nasnet.genotypes import NASNET_A_FIGURE
-from nasnet.search import (
-    Search,
-    SearchConfig,
-    SearchError,
-    resolve_config,
-    run_search,
-    trial_seed,
-)
+from nasnet.options import OptionError
+from nasnet.search import Search, SearchError, open_experiment, run_search
+from nasnet.search_config import SearchConfig, resolve_config, trial_seed
 from nasnet.space import Block, Cell, Genotype, SearchSpace
 from nasnet.store import DB_NAME, Store
 from nasnet.strategies import STRATEGIES, Proposal, Strategy
 from nasnet.strategies.base import state_digest, state_from_bytes
+from nasnet.trials import TrialOutcome, TrialStatus
 
-TOY = {"evaluator": "toy", "executor": "inprocess"}
 
-
-def toy_config(**options) -> SearchConfig:
-    return SearchConfig(**{**TOY, **options})
+def toy_config(strategy_options=None, evaluator_options=None, **options) -> SearchConfig:
+    """A toy search run in process; the parts' options go in their own dicts."""
+    return SearchConfig(evaluator="toy", executor="inprocess",
+                        strategy_options=strategy_options or {},
+                        evaluator_options=evaluator_options or {}, **options)  # fmt: skip
 
 
 def trials_of(directory: str) -> list[tuple]:
-    store = Store.open(directory, readonly=True)
-    try:
+    with Store.open(directory, readonly=True) as store:
         return [(t.id, t.hash, t.status, t.reward) for t in store.trials()]
-    finally:
-        store.close()
 
 
 def last_state_digest(directory: str) -> tuple[int, str] | None:
-    store = Store.open(directory, readonly=True)
-    try:
+    with Store.open(directory, readonly=True) as store:
         saved = store.last_state()
-    finally:
-        store.close()
     return None if saved is None else (saved[0], state_digest(state_from_bytes(saved[2])))
 
 
@@ -64,26 +57,59 @@ def test_resolve_config_new_and_resumed() -> None:
     saved = config.to_dict()
     resumed = resolve_config(saved, {"budget": 9, "workers": 1, "strategy": "random"})
     assert (resumed.budget, resumed.workers, resumed.seed) == (9, 1, 0)
-    with pytest.raises(
-        SearchError, match=r"^--strategy: this experiment was created with 'random'"
-    ):
+    with pytest.raises(OptionError, match=r"^strategy: this experiment was created with 'random'"):
         resolve_config(saved, {"strategy": "ppo"})
-    with pytest.raises(SearchError, match=r"^--child-epochs"):
-        resolve_config(saved, {"child_epochs": 5})
-    with pytest.raises(SearchError, match=r"^--controller-lr: this experiment was created without"):
-        resolve_config(saved, {"controller_lr": 0.01})
+    with pytest.raises(OptionError, match=r"^child.epochs: this experiment was created with 2"):
+        resolve_config(saved, {"child": {"epochs": 5}})
+    resumed = resolve_config(saved, {"child": {"threads": 2}, "executor": "inprocess"})
+    assert resumed.child.threads == 2 and resumed.executor == "inprocess"
+    ppo = resolve_config(None, {"strategy": "ppo"}).to_dict()
+    with pytest.raises(OptionError, match=r"^strategy_options.lr: this experiment was created "
+                                          r"with 0.00035, not 0.01"):  # fmt: skip
+        resolve_config(ppo, {"strategy_options": {"lr": 0.01}})
+    assert resolve_config(ppo, {"strategy_options": {"lr": 0.00035}}).strategy == "ppo"
 
 
-def test_config_checks_name_the_option() -> None:
-    with pytest.raises(SearchError, match=r"^--population: applies to evolution"):
-        resolve_config(None, {"strategy": "ppo", "population": 10})
-    with pytest.raises(SearchError, match=r"^--budget"):
+def test_config_checks_name_the_field() -> None:
+    with pytest.raises(OptionError, match=r"^strategy_options.population: not an option of "
+                                          r"strategy 'ppo'; its options are lr, "):  # fmt: skip
+        resolve_config(None, {"strategy": "ppo", "strategy_options": {"population": 10}})
+    with pytest.raises(OptionError, match=r"^budget: must be at least 1, got 0"):
         resolve_config(None, {"budget": 0})
-    with pytest.raises(SearchError, match="--toy-crash-rate"):
-        resolve_config(None, {"toy_crash_rate": 0.5, "executor": "inprocess"})
-    assert SearchConfig().strategy_options() == {}
-    options = SearchConfig(strategy="ppo", controller_lr=0.01, controller_batch=5)
-    assert options.strategy_options() == {"lr": 0.01, "batch_size": 5}
+    with pytest.raises(OptionError, match=r"^executor: inprocess cannot run children that may"):
+        resolve_config(None, {"evaluator": "toy", "evaluator_options": {"crash_rate": 0.5},
+                              "executor": "inprocess"})  # fmt: skip
+    with pytest.raises(OptionError, match=r"^evaluator_options.noise: must be a finite number"):
+        resolve_config(None, {"evaluator": "toy", "evaluator_options": {"noise": math.nan}})
+    with pytest.raises(OptionError, match=r"^child.lr: must be a finite number > 0, got -1.0"):
+        resolve_config(None, {"child": {"lr": -1.0}})
+    with pytest.raises(OptionError, match=r"^strategy: unknown strategy 'hill'; choose ppo"):
+        resolve_config(None, {"strategy": "hill"})
+    config = resolve_config(
+        None, {"strategy": "evolution", "strategy_options": {"population": "8", "sample_size": 3}}
+    )
+    assert config.build_strategy_options().population == 8  # strings from the CLI are typed
+
+
+def test_saved_config_round_trips_and_old_layout_converts() -> None:
+    config = toy_config(strategy_options={"lr": 0.01}, evaluator_options={"delay": 0.5})
+    assert SearchConfig.from_dict(config.to_dict()) == config
+    flat = {"strategy": "ppo", "dataset": "digits", "budget": 20, "workers": 2, "seed": 0,
+            "blocks": 5, "evaluator": "toy", "executor": "local", "reuse": True, "threads": 1,
+            "max_failures": None, "child_cells": 1, "child_filters": 8, "child_epochs": 3,
+            "child_batch_size": None, "child_lr": 0.1, "image_size": None,
+            "controller_lr": 0.005, "controller_batch": None, "ppo_epochs": None,
+            "entropy_weight": None, "population": None, "sample_size": None,
+            "mult_adds_target": None, "cost_weight": 0.0, "toy_delay": 0.0,
+            "toy_fail_rate": 0.1, "toy_crash_rate": 0.0, "toy_noise": 0.0, "toy_target_seed": 0,
+            "ray_address": None, "cpus_per_child": 1.0, "gpus_per_child": 0.0,
+            "max_retries": 3}  # fmt: skip
+    old = SearchConfig.from_dict(flat)
+    assert old.strategy_options == {"lr": 0.005}
+    assert old.evaluator_options == {"fail_rate": 0.1}
+    assert old.executor_options == {}
+    assert (old.child.epochs, old.child.lr, old.child.device) == (3, 0.1, "cpu")
+    assert not old.child.eval_test
 
 
 def test_trial_seeds_derive_from_experiment_seed_and_id() -> None:
@@ -94,7 +120,7 @@ def test_trial_seeds_derive_from_experiment_seed_and_id() -> None:
 
 def test_search_on_existing_experiment_checks_config(tmp_path) -> None:
     run_search(str(tmp_path), toy_config(strategy="random", budget=3))
-    with pytest.raises(SearchError, match=r"^--strategy"):
+    with pytest.raises(OptionError, match=r"^strategy"):
         run_search(str(tmp_path), toy_config(strategy="evolution", budget=3))
 
 
@@ -120,11 +146,10 @@ def test_toy_reward_has_its_optimum_at_the_target() -> None:
 
 
 def test_cost_aware_reward_in_a_search(tmp_path) -> None:
-    config = toy_config(strategy="random", budget=6, mult_adds_target=4e6, cost_weight=1.0)
-    run_search(str(tmp_path), config)
-    store = Store.open(str(tmp_path), readonly=True)
-    trials = store.trials("done")
-    store.close()
+    options = {"mult_adds_target": 4e6, "cost_weight": 1.0}
+    run_search(str(tmp_path), toy_config(strategy="random", budget=6, evaluator_options=options))
+    with Store.open(str(tmp_path), readonly=True) as store:
+        trials = store.trials("done")
     for t in trials:
         expected = t.metrics["val_accuracy"] * min(1.0, 4e6 / t.mult_adds)
         assert t.reward == pytest.approx(expected)
@@ -148,7 +173,7 @@ class RepeatStrategy(Strategy):
 
     def ask(self) -> Proposal:
         genotype = self.cycle[self.asked % 3]
-        proposal = Proposal(self.asked, genotype, {"actions": self.space.encode(genotype)})
+        proposal = Proposal(self.asked, genotype, self.space.encode(genotype))
         self.asked += 1
         return proposal
 
@@ -172,17 +197,17 @@ def test_equivalent_cells_reuse_the_stored_result(tmp_path, monkeypatch, reuse: 
     monkeypatch.setitem(STRATEGIES, "repeat", RepeatStrategy)
     calls = []
 
-    def counting(args):
-        calls.append(args["trial_id"])
-        return run_trial(args)
+    def counting(task):
+        calls.append(task.trial_id)
+        return run_trial(task)
 
     config = toy_config(strategy="repeat", budget=7, workers=1, reuse=reuse)
-    search = Search(str(tmp_path), config, fn=counting)
-    stats = search.run()
+    with open_experiment(str(tmp_path), config) as experiment:
+        search = Search(experiment, fn=counting)
+        stats = search.run()
     assert stats.finished == 7 and search.strategy.told == 7
-    store = Store.open(str(tmp_path), readonly=True)
-    trials = store.trials()
-    store.close()
+    with Store.open(str(tmp_path), readonly=True) as store:
+        trials = store.trials()
     assert len({t.hash for t in trials}) == 2
     if reuse:
         assert calls == [1, 2]
@@ -198,10 +223,10 @@ def test_equivalent_cells_reuse_the_stored_result(tmp_path, monkeypatch, reuse: 
 
 
 def test_failing_children_are_recorded_and_the_budget_is_reached(tmp_path) -> None:
-    stats = run_search(str(tmp_path), toy_config(strategy="random", budget=30, toy_fail_rate=0.3))
-    store = Store.open(str(tmp_path), readonly=True)
-    counts, failed = store.counts(), store.trials("failed")
-    store.close()
+    config = toy_config(strategy="random", budget=30, evaluator_options={"fail_rate": 0.3})
+    stats = run_search(str(tmp_path), config)
+    with Store.open(str(tmp_path), readonly=True) as store:
+        counts, failed = store.counts(), store.trials("failed")
     assert counts["done"] == 30 == stats.finished
     assert len(failed) == counts["failed"] == stats.failed >= 3
     for trial in failed:
@@ -209,90 +234,107 @@ def test_failing_children_are_recorded_and_the_budget_is_reached(tmp_path) -> No
         assert "RuntimeError: toy child failed on purpose" in trial.error
 
 
-def test_raising_or_non_finite_evaluators_fail_their_child(tmp_path, monkeypatch) -> None:
-    calls = []
+class FlakyEvaluator(ToyEvaluator):
+    """Raises for its first child, gives a NaN accuracy for its second, then 0.5."""
 
-    def flaky(genotype, seed, options):
-        calls.append(seed)
-        if len(calls) == 1:
+    calls: ClassVar[list[int]] = []
+
+    def measure(self, genotype, seed):
+        self.calls.append(seed)
+        if len(self.calls) == 1:
             raise ValueError("bad cell")
-        return {"val_accuracy": math.nan if len(calls) == 2 else 0.5}
+        return {"val_accuracy": math.nan if len(self.calls) == 2 else 0.5}
 
-    monkeypatch.setitem(evaluators.EVALUATORS, "toy", flaky)
-    stats = run_search(str(tmp_path), toy_config(strategy="random", budget=5, seed=1))
-    store = Store.open(str(tmp_path), readonly=True)
-    errors = [t.error for t in store.trials("failed")]
-    store.close()
-    assert stats.finished == 5 and len(calls) == 7
+
+def test_raising_or_non_finite_evaluators_fail_their_child(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(evaluators.EVALUATORS, "flaky", FlakyEvaluator)
+    monkeypatch.setattr(FlakyEvaluator, "calls", [])
+    config = toy_config(strategy="random", budget=5, seed=1)
+    config.evaluator = "flaky"
+    stats = run_search(str(tmp_path), config)
+    with Store.open(str(tmp_path), readonly=True) as store:
+        errors = [t.error for t in store.trials("failed")]
+    assert stats.finished == 5 and len(FlakyEvaluator.calls) == 7
     assert errors[0].startswith("ValueError: bad cell")
     assert errors[1] == "non-finite validation accuracy: nan"
 
 
 def test_too_many_failures_stop_the_search(tmp_path) -> None:
-    limit = r"stopped: (8|9) children failed \(limit 8, --max-failures\); last error: RuntimeError"
+    limit = r"stopped: (8|9) children failed \(limit 8, max_failures\); last error: RuntimeError"
+    failing = {"fail_rate": 1.0}
     with pytest.raises(SearchError, match=limit):
-        run_search(str(tmp_path), toy_config(strategy="random", budget=4, toy_fail_rate=1.0))
+        run_search(str(tmp_path), toy_config(strategy="random", budget=4,
+                                             evaluator_options=failing))  # fmt: skip
     statuses = [t[2] for t in trials_of(str(tmp_path))]
     assert statuses in (["failed"] * 8, ["failed"] * 9)  # running children were waited for
     with pytest.raises(SearchError, match=r"stopped: 1[01] children failed \(limit 10"):
-        run_search(str(tmp_path), toy_config(strategy="random", budget=4, toy_fail_rate=1.0,
-                                             max_failures=10))  # fmt: skip
+        run_search(str(tmp_path), toy_config(strategy="random", budget=4, max_failures=10,
+                                             evaluator_options=failing))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- executors
 
 
-def _toy_args(trial_id: int, delay: float) -> dict:
-    return {
-        "evaluator": "toy",
-        "genotype": NASNET_A_FIGURE.to_dict(),
-        "seed": trial_id,
-        "trial_id": trial_id,
-        "options": {"space": SearchSpace().to_dict(), "toy_delay": delay},
-    }
+def _toy_task(trial_id: int, delay: float, evaluator: str = "toy") -> Task:
+    config = SearchConfig()
+    return Task(trial_id=trial_id, genotype=NASNET_A_FIGURE.to_dict(), seed=trial_id,
+                evaluator=evaluator, options={"delay": delay}, child=config.child.to_dict(),
+                space=SearchSpace().to_dict())  # fmt: skip
 
 
-def test_dataset_cache_for_remote_workers(monkeypatch) -> None:
-    monkeypatch.setattr(evaluators, "_DATASETS", {})
-    args = {"evaluator": "train", "options": SearchConfig(image_size=12).evaluator_options(
-        SearchSpace())}  # fmt: skip
-    assert evaluators.dataset_key(args) == ("digits", 12)
-    assert evaluators.dataset_key({"evaluator": "toy"}) is None
+def test_shared_data_for_remote_workers(monkeypatch) -> None:
+    from nasnet.evaluators import train as train_evaluator
+
+    monkeypatch.setattr(train_evaluator, "_DATASETS", {})
+    child = SearchConfig().child.to_dict() | {"image_size": 12}
+    task = Task(1, NASNET_A_FIGURE.to_dict(), 1, "train", {}, child, SearchSpace().to_dict())
+    evaluator = evaluators.evaluator_for(task)
+    assert evaluator.shared_data_key() == ("digits", 12)
+    assert evaluators.evaluator_for(_toy_task(1, 0)).shared_data_key() is None
     marker = object()
-    evaluators.register_dataset(args, marker)
-    assert evaluators.load_trial_dataset(args) is marker
+    evaluator.use_shared_data(marker)
+    assert evaluator.load_shared_data() is marker
+
+
+def test_trial_outcomes_are_validated_once() -> None:
+    assert TrialOutcome.done(0.5, {"params": 3}).ok
+    assert TrialOutcome.done(math.nan).error == "non-finite or missing reward: nan"
+    assert TrialOutcome.done(None).status is TrialStatus.FAILED
+    assert TrialOutcome.failed(None).error == "no error text"
+    assert TrialOutcome.from_dict({"status": "done", "reward": 1}).reward == 1.0
+    assert TrialOutcome.from_dict("garbage").error == "evaluator returned 'garbage'"
 
 
 def test_inprocess_executor_contract() -> None:
     executor = InProcessExecutor()
     assert executor.next_result(0) is None
-    executor.submit(4, _toy_args(4, 0))
-    executor.submit(5, {"evaluator": "nope"})
+    executor.submit(4, _toy_task(4, 0))
+    executor.submit(5, _toy_task(5, 0, evaluator="nope"))
     assert executor.running == 2
     first, second = executor.next_result(), executor.next_result()
-    assert (first.trial_id, first.outcome["status"]) == (4, "done")
-    assert (second.trial_id, second.outcome["status"]) == (5, "failed")
-    assert "KeyError" in second.outcome["error"] or "ValueError" in second.outcome["error"]
+    assert (first.trial_id, first.outcome.status) == (4, TrialStatus.DONE)
+    assert (second.trial_id, second.outcome.status) == (5, TrialStatus.FAILED)
+    assert "OptionError: evaluator: unknown evaluator 'nope'" in second.outcome.error
     assert executor.running == 0
 
 
 def test_local_executor_survives_a_killed_worker() -> None:
     executor = LocalExecutor(workers=2)
     try:
-        executor.submit(1, _toy_args(1, 60))
-        executor.submit(2, _toy_args(2, 0.1))
+        executor.submit(1, _toy_task(1, 60))
+        executor.submit(2, _toy_task(2, 0.1))
         quick = executor.next_result(timeout=120)
-        assert quick is not None and quick.trial_id == 2 and quick.outcome["status"] == "done"
-        assert quick.outcome["reward"] == toy_reward(NASNET_A_FIGURE, SearchSpace())
+        assert quick is not None and quick.trial_id == 2 and quick.outcome.ok
+        assert quick.outcome.reward == toy_reward(NASNET_A_FIGURE, SearchSpace())
         (victim,) = [w.process.pid for w in executor.workers if w.trial and w.trial[0] == 1]
         os.kill(victim, signal.SIGKILL)
         dead = executor.next_result(timeout=60)
         assert dead is not None and dead.trial_id == 1
-        assert dead.outcome["status"] == "failed"
-        assert f"worker process {victim} died (exit code -9)" in dead.outcome["error"]
-        executor.submit(3, _toy_args(3, 0))
+        assert dead.outcome.status is TrialStatus.FAILED
+        assert f"worker process {victim} died (exit code -9)" in dead.outcome.error
+        executor.submit(3, _toy_task(3, 0))
         again = executor.next_result(timeout=120)
-        assert again is not None and again.trial_id == 3 and again.outcome["status"] == "done"
+        assert again is not None and again.trial_id == 3 and again.outcome.ok
         assert victim not in [w.process.pid for w in executor.workers]
     finally:
         executor.shutdown()
@@ -300,11 +342,10 @@ def test_local_executor_survives_a_killed_worker() -> None:
 
 def test_search_goes_on_when_worker_processes_die(tmp_path) -> None:
     config = SearchConfig(strategy="random", evaluator="toy", executor="local", workers=2,
-                          budget=12, seed=0, toy_crash_rate=0.25)  # fmt: skip
+                          budget=12, seed=0, evaluator_options={"crash_rate": 0.25})  # fmt: skip
     stats = run_search(str(tmp_path), config)
-    store = Store.open(str(tmp_path), readonly=True)
-    failed = store.trials("failed")
-    store.close()
+    with Store.open(str(tmp_path), readonly=True) as store:
+        failed = store.trials("failed")
     assert stats.finished == 12 and len(failed) == stats.failed >= 1
     assert all("died (exit code 17)" in t.error for t in failed)
 
@@ -321,8 +362,9 @@ def _interrupt_after(n: int):
 
 
 def test_interrupted_search_resumes_exactly(tmp_path) -> None:
-    options = {"strategy": "ppo", "budget": 30, "workers": 3, "seed": 4, "controller_batch": 4,
-               "controller_lr": 0.01, "toy_fail_rate": 0.1}  # fmt: skip
+    options = {"strategy": "ppo", "budget": 30, "workers": 3, "seed": 4,
+               "strategy_options": {"batch_size": 4, "lr": 0.01},
+               "evaluator_options": {"fail_rate": 0.1}}  # fmt: skip
     reference = str(tmp_path / "reference")
     run_search(reference, toy_config(**options))
     resumed = str(tmp_path / "resumed")
@@ -334,9 +376,8 @@ def test_interrupted_search_resumes_exactly(tmp_path) -> None:
     run_search(resumed, toy_config(**options))
     assert trials_of(resumed) == trials_of(reference)
     assert last_state_digest(resumed)[1] == last_state_digest(reference)[1]
-    store = Store.open(resumed, readonly=True)
-    resumes = store.resumes()
-    store.close()
+    with Store.open(resumed, readonly=True) as store:
+        resumes = store.resumes()
     assert [(r["state_id"], r["state_digest"]) for r in resumes] == expected_states
 
 
@@ -344,7 +385,8 @@ def test_lowering_the_budget_leaves_unfinished_trials_queued(tmp_path) -> None:
     options = {"strategy": "random", "workers": 3, "seed": 2}
     with pytest.raises(KeyboardInterrupt):
         run_search(str(tmp_path), toy_config(budget=10, **options), on_event=_interrupt_after(3))
-    assert [t[2] for t in trials_of(str(tmp_path))] == ["done"] * 3 + ["running"] * 2
+    # the stop marked the two running children queued: none is shown as running
+    assert [t[2] for t in trials_of(str(tmp_path))] == ["done"] * 3 + ["queued"] * 2
     run_search(str(tmp_path), toy_config(budget=4, **options))
     statuses = [t[2] for t in trials_of(str(tmp_path))]
     assert statuses == ["done"] * 4 + ["queued"]  # trial 4 ran again, trial 5 waits
@@ -400,13 +442,12 @@ def test_search_killed_three_times_resumes_exactly(tmp_path) -> None:
     assert sum(t[2] == "done" for t in got) == 40
     assert got == want
     assert last_state_digest(killed)[1] == last_state_digest(reference)[1]
-    store = Store.open(killed, readonly=True)
-    resumes = store.resumes()
-    store.close()
+    with Store.open(killed, readonly=True) as store:
+        resumes = store.resumes()
+        rerun = [t for t in store.trials() if t.attempts > 1]
     assert [(r["state_id"], r["state_digest"]) for r in resumes] == expected_states
     assert all(state is not None for state in expected_states)
     assert all(r["replayed"] > 0 for r in resumes)  # asks/tells after the state were replayed
-    rerun = [t for t in Store.open(killed, readonly=True).trials() if t.attempts > 1]
     assert len(rerun) >= 3  # the children running at each kill were trained again
 
 
@@ -418,7 +459,8 @@ def test_done_outcomes_without_a_finite_reward_fail(tmp_path) -> None:
 
     stats = run_search(str(tmp_path), toy_config(strategy="random", budget=2, workers=1), fn=fn)
     assert stats.finished == 2 and stats.failed == 2
-    errors = [t.error for t in Store.open(str(tmp_path), readonly=True).trials("failed")]
+    with Store.open(str(tmp_path), readonly=True) as store:
+        errors = [t.error for t in store.trials("failed")]
     assert errors == ["non-finite or missing reward: inf", "non-finite or missing reward: None"]
 
 
@@ -426,6 +468,8 @@ def test_executor_registry() -> None:
     from nasnet.executors import executor_names, make_executor
 
     assert executor_names()[:2] == ("inprocess", "local") and "ray" in executor_names()
-    with pytest.raises(ValueError, match="unknown executor 'nope'; choose from inprocess, local"):
+    with pytest.raises(OptionError, match="unknown executor 'nope'; choose inprocess, local"):
         make_executor("nope", 1)
     assert isinstance(make_executor("inprocess", 1), InProcessExecutor)
+    with pytest.raises(OptionError, match=r"^executor_options.threads: must be at least 1"):
+        make_executor("local", 1, options={"threads": 0})

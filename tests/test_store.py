@@ -10,6 +10,7 @@ import pytest
 from nasnet.genotypes import NASNET_A, NASNET_A_FIGURE
 from nasnet.space import Block, Cell, Genotype
 from nasnet.store import DB_NAME, SCHEMA_VERSION, Store, StoreError
+from nasnet.trials import TrialOutcome
 
 
 def _swapped(genotype: Genotype) -> Genotype:
@@ -49,7 +50,7 @@ def test_trial_life_cycle_and_counts(tmp_path) -> None:
     _add(store, 2, NASNET_A_FIGURE, 2)
     metrics = {"val_accuracy": 0.75, "params": 1234, "mult_adds": 99}
     with store.transaction():
-        store.finish_trial(1, "done", 0.75, metrics, None, 3, "local:1")
+        store.finish_trial(1, TrialOutcome.done(0.75, metrics), 3, "local:1")
     record = store.trial(1)
     assert record is not None
     assert (record.status, record.reward, record.params, record.mult_adds) == (
@@ -62,8 +63,6 @@ def test_trial_life_cycle_and_counts(tmp_path) -> None:
     assert record.attempts == 1 and record.seed == 101 and record.tell_seq == 3
     assert store.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 0}
     assert store.next_trial_id() == 3 and store.next_seq() == 4
-    with pytest.raises(ValueError, match="status"):
-        store.finish_trial(2, "running", None, {}, None, 4, None)
     with pytest.raises(sqlite3.IntegrityError):
         _add(store, 1, NASNET_A, 9)  # an id is never reused
 
@@ -73,7 +72,7 @@ def test_done_by_hash_finds_equivalent_cells(tmp_path) -> None:
     _add(store, 1, NASNET_A, 1)
     assert store.done_by_hash(NASNET_A.canonical_hash()) is None  # not done yet
     with store.transaction():
-        store.finish_trial(1, "done", 0.5, {}, None, 2, "w")
+        store.finish_trial(1, TrialOutcome.done(0.5), 2, "w")
     found = store.done_by_hash(_swapped(NASNET_A).canonical_hash())
     assert found is not None and found.id == 1
 
@@ -83,8 +82,8 @@ def test_events_after_interleave_asks_and_tells(tmp_path) -> None:
     _add(store, 1, NASNET_A, 1)
     _add(store, 2, NASNET_A_FIGURE, 2)
     with store.transaction():
-        store.finish_trial(2, "failed", None, {}, "boom", 3, "w")
-        store.finish_trial(1, "done", 0.1, {}, None, 4, "w")
+        store.finish_trial(2, TrialOutcome.failed("boom"), 3, "w")
+        store.finish_trial(1, TrialOutcome.done(0.1), 4, "w")
     _add(store, 3, NASNET_A, 5)
     events = [(seq, kind, trial.id) for seq, kind, trial in store.events_after(2)]
     assert events == [(3, "tell", 2), (4, "tell", 1), (5, "ask", 3)]

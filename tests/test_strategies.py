@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nasnet.evaluators import toy_reward
-from nasnet.search import SearchConfig, mean_top, rewards_in_finish_order, run_search
+from nasnet.results import mean_top, rewards_in_finish_order
+from nasnet.search import run_search
+from nasnet.search_config import SearchConfig
 from nasnet.space import DECISIONS_PER_BLOCK, SearchSpace
 from nasnet.store import Store
 from nasnet.strategies import STRATEGIES, make_strategy
@@ -37,7 +39,7 @@ def drive(strategy, n: int, fail_every: int = 0) -> list[list[int]]:
     seen, waiting = [], []
     for i in range(n):
         waiting.append(strategy.ask())
-        seen.append(waiting[-1].data["actions"])
+        seen.append(waiting[-1].actions)
         if len(waiting) > 1:
             p = waiting.pop(0)
             strategy.tell(p, None if fail_every and i % fail_every == 0 else reward_of(p))
@@ -121,7 +123,7 @@ def test_random_strategy_is_uniform_sampling() -> None:
     strategy = make_strategy("random", SPACE, 3)
     rng = random.Random(3)
     for _ in range(5):
-        assert strategy.ask().data["actions"] == SPACE.sample_actions(rng)
+        assert strategy.ask().actions == SPACE.sample_actions(rng)
 
 
 def test_evolution_initial_population_then_mutations_with_aging() -> None:
@@ -130,15 +132,15 @@ def test_evolution_initial_population_then_mutations_with_aging() -> None:
     assert all(p.data["parent"] is None for p in first)
     for i, p in enumerate(first):
         evo.tell(p, 0.1 * (i + 1))
-    members = {p.id: p.data["actions"] for p in first}
+    members = {p.id: p.actions for p in first}
     for step in range(10):
         child = evo.ask()
         parent = members[child.data["parent"]]
-        pairs = zip(parent, child.data["actions"], strict=True)
+        pairs = zip(parent, child.actions, strict=True)
         diff = [i for i, (a, b) in enumerate(pairs) if a != b]
         assert len(diff) == 1 and diff[0] % DECISIONS_PER_BLOCK in (0, 1, 2, 3)
         evo.tell(child, 0.05 * step)
-        members[child.id] = child.data["actions"]
+        members[child.id] = child.actions
         assert len(evo.population) == 4
     assert [m["id"] for m in evo.population] == list(range(10, 14))  # the oldest left first
 
@@ -175,7 +177,7 @@ def test_learning_strategies_beat_random_search_on_the_toy_problem(tmp_path) -> 
     search's; small-budget options: PPO lr 0.005 (batch 20), evolution P=20, S=5."""
     options = {
         "random": {},
-        "ppo": {"controller_lr": 0.005},
+        "ppo": {"lr": 0.005},
         "evolution": {"population": 20, "sample_size": 5},
     }
     top10: dict[str, list[float]] = {name: [] for name in options}
@@ -184,7 +186,7 @@ def test_learning_strategies_beat_random_search_on_the_toy_problem(tmp_path) -> 
             directory = str(tmp_path / f"{name}-{seed}")
             config = SearchConfig(
                 strategy=name, evaluator="toy", executor="inprocess", budget=500, workers=4,
-                seed=seed, toy_noise=0.02, **extra,
+                seed=seed, evaluator_options={"noise": 0.02}, strategy_options=extra,
             )  # fmt: skip
             run_search(directory, config)
             top10[name].append(_top10(directory))
@@ -193,7 +195,8 @@ def test_learning_strategies_beat_random_search_on_the_toy_problem(tmp_path) -> 
         assert top10["evolution"][seed] > top10["random"][seed] + 0.05, top10
     assert statistics.mean(top10["ppo"]) > statistics.mean(top10["random"]) + 0.1
     config = SearchConfig(strategy="reinforce", evaluator="toy", executor="inprocess",
-                          budget=500, workers=4, seed=0, controller_lr=0.005)  # fmt: skip
+                          budget=500, workers=4, seed=0,
+                          strategy_options={"lr": 0.005})  # fmt: skip
     stats = run_search(str(tmp_path / "reinforce"), config)
     assert stats.finished == 500 and stats.failed == 0
     assert _top10(str(tmp_path / "reinforce")) > max(top10["random"])

@@ -18,7 +18,7 @@ from nasnet.train import (
     TIMING_KEYS,
     TrainConfig,
     cosine_lr,
-    evaluate,
+    evaluate_run,
     resolve_genotype,
     train,
 )
@@ -185,7 +185,7 @@ def test_out_dir_files_and_evaluate(tmp_path):
         assert saved[key] == result[key]
     config = json.loads(_read(out, "config.json"))
     assert config["genotype"] == NASNET_A.to_dict()
-    report = evaluate(out)
+    report = evaluate_run(out)
     assert report["val_accuracy"] == result["val_accuracy"]
     assert report["test_accuracy"] == result["test_accuracy"]
     assert math.isclose(report["val_loss"], rows[-1]["val_loss"], rel_tol=1e-6)

@@ -4,7 +4,9 @@ import pytest
 
 from nasnet.cli import main
 from nasnet.genotypes import NASNET_A
-from nasnet.search import SearchConfig, run_search
+from nasnet.search import run_search
+from nasnet.search_config import SearchConfig
+from nasnet.train import TrainConfig
 from nasnet.transfer import TransferError, resolve_sources
 
 
@@ -13,7 +15,7 @@ def digits_search(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("search"))
     config = SearchConfig(
         strategy="random", evaluator="train", executor="inprocess", budget=3, workers=1,
-        seed=1, child_cells=1, child_filters=4, child_epochs=1,
+        seed=1, child=TrainConfig(cells=1, filters=4, epochs=1, eval_test=False),
     )  # fmt: skip
     run_search(directory, config)
     return directory

@@ -101,6 +101,20 @@ class Dataset:
 def load_dataset(spec: str, image_size: int | None = None) -> Dataset:
     """Parse ``spec`` (``digits``, ``cifar10:PATH``, ``cifar100:PATH``, ``folder:PATH``,
     ``synthetic[:k=v,...]``) and load the dataset; ``image_size`` resizes where allowed."""
+    loader, arg = _parse_spec(spec)
+    dataset = loader(arg, image_size, False)
+    assert dataset is not None
+    return dataset
+
+
+def check_dataset_spec(spec: str, image_size: int | None = None) -> None:
+    """Raise :class:`DatasetError` if ``spec`` cannot name a dataset: unknown kind, bad
+    options, a missing path. Cheap: no image is read (a damaged file is found by loading)."""
+    loader, arg = _parse_spec(spec)
+    loader(arg, image_size, True)
+
+
+def _parse_spec(spec: str) -> tuple[_SpecLoader, str]:
     kind, _, arg = spec.partition(":")
     loader = _LOADERS.get(kind.strip().lower())
     if loader is None:
@@ -108,36 +122,48 @@ def load_dataset(spec: str, image_size: int | None = None) -> Dataset:
             f"unknown dataset {spec!r}; use digits, cifar10:PATH, cifar100:PATH, folder:PATH "
             "or synthetic"
         )
-    return loader(arg, image_size)
+    return loader, os.path.expanduser(arg) if arg else arg
 
 
-def _load_digits_spec(arg: str, image_size: int | None) -> Dataset:
+def _load_digits_spec(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
     if arg:
         raise DatasetError(f"digits takes no argument, got 'digits:{arg}'; use 'digits'")
-    return load_digits(image_size or 16)
+    return None if check_only else load_digits(image_size or 16)
 
 
-def _load_cifar_spec(classes: int) -> Callable[[str, int | None], Dataset]:
-    def load(arg: str, image_size: int | None) -> Dataset:
+def _load_cifar_spec(classes: int) -> _SpecLoader:
+    def load(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
+        layout = _CIFAR[classes]
         if not arg:
             raise DatasetError(
                 f"cifar{classes} needs a path: cifar{classes}:PATH to "
-                f"{_CIFAR[classes].archive} or its extracted folder (download from {CIFAR_URL})"
+                f"{layout.archive} or its extracted folder (download from {CIFAR_URL})"
             )
         if image_size not in (None, 32):
             raise DatasetError(f"cifar{classes} images are 32x32; drop the image size option")
+        if check_only:
+            if not os.path.exists(arg):
+                raise DatasetError(
+                    f"{arg}: no such file or folder; pass the path of {layout.archive} or of "
+                    f"its extracted folder {layout.folder} (download from {CIFAR_URL})"
+                )
+            return None
         return load_cifar(arg, classes)
 
     return load
 
 
-def _load_folder_spec(arg: str, image_size: int | None) -> Dataset:
+def _load_folder_spec(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
     if not arg:
         raise DatasetError("folder needs a path: folder:PATH with one subfolder per class")
+    if check_only:
+        if not os.path.isdir(arg):
+            raise DatasetError(f"{arg}: no such folder; folder:PATH needs one subfolder per class")
+        return None
     return load_folder(arg, image_size or 32)
 
 
-def _load_synthetic_spec(arg: str, image_size: int | None) -> Dataset:
+def _load_synthetic_spec(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
     options: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in arg.split(","))):
         key, sep, value = item.partition("=")
@@ -149,12 +175,34 @@ def _load_synthetic_spec(arg: str, image_size: int | None) -> Dataset:
         options[key] = int(value)
     if image_size is not None:
         options.setdefault("size", image_size)
-    return make_synthetic(**options)
+    _check_synthetic_size(options)
+    return None if check_only else make_synthetic(**options)
+
+
+def _check_synthetic_size(options: dict[str, int]) -> None:
+    """Refuse sizes that would allocate absurd amounts of memory."""
+    n = sum(options.get(k, d) for k, d in (("train", 512), ("val", 128), ("test", 128)))
+    pixels = n * options.get("channels", 3) * options.get("size", 32) ** 2
+    if options.get("size", 32) > MAX_IMAGE_SIZE or pixels > MAX_SYNTHETIC_BYTES:
+        raise DatasetError(
+            f"synthetic: {n} images of side {options.get('size', 32)} need "
+            f"{pixels / 2**30:.1f} GiB; keep it under {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB "
+            f"and the side at most {MAX_IMAGE_SIZE}"
+        )
+
+
+_SpecLoader = Callable[[str, "int | None", bool], "Dataset | None"]
+
+#: Largest image side any loader produces.
+MAX_IMAGE_SIZE = 1024
+
+#: Largest synthetic dataset (bytes of uint8 pixels; the float noise needs 4x more briefly).
+MAX_SYNTHETIC_BYTES = 2 * 2**30
 
 
 _SYNTHETIC_KEYS = ("classes", "channels", "size", "train", "val", "test", "seed")
 
-_LOADERS: dict[str, Callable[[str, int | None], Dataset]] = {
+_LOADERS: dict[str, _SpecLoader] = {
     "digits": _load_digits_spec,
     "cifar10": _load_cifar_spec(10),
     "cifar100": _load_cifar_spec(100),
@@ -553,6 +601,7 @@ __all__ = [
     "Augment",
     "Dataset",
     "DatasetError",
+    "check_dataset_spec",
     "cutout",
     "load_cifar",
     "load_dataset",

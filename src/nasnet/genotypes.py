@@ -62,3 +62,45 @@ def resolve_genotype(spec: str | dict | Genotype) -> Genotype:
             f"({', '.join(GENOTYPES)})"
         )
     return load_genotype(spec)
+
+
+#: Short op names for one-line cell descriptions.
+SHORT_OPS = {
+    "identity": "id",
+    "conv_1x3_3x1": "c13",
+    "conv_1x7_7x1": "c17",
+    "dil_conv_3x3": "dil3",
+    "avg_pool_3x3": "avg3",
+    "max_pool_3x3": "max3",
+    "max_pool_5x5": "max5",
+    "max_pool_7x7": "max7",
+    "conv_1x1": "c1",
+    "conv_3x3": "c3",
+    "sep_conv_3x3": "sep3",
+    "sep_conv_5x5": "sep5",
+    "sep_conv_7x7": "sep7",
+}
+
+
+def describe_cell(kind: str, cell: Cell) -> str:
+    """A cell as text: one line per block, then the concatenated states."""
+    names = ["h_i", "h_i-1"] + [f"b{k}" for k in range(len(cell.blocks))]
+    lines = [f"{kind} cell:"]
+    for k, b in enumerate(cell.blocks):
+        lines.append(
+            f"  b{k} = {b.combine}({b.op_1}({names[b.input_1]}), {b.op_2}({names[b.input_2]}))"
+        )
+    lines.append("  output = concat(" + ", ".join(names[i] for i in cell.output_states()) + ")")
+    return "\n".join(lines)
+
+
+def cell_summary(cell: Cell) -> str:
+    """A cell on one line: ``op(input)+op(input)`` per block (``|`` for concat combines);
+    inputs are state numbers (0 = h_i, 1 = h_i-1, 2+ blocks)."""
+    parts = []
+    for b in cell.blocks:
+        joint = "+" if b.combine == "add" else "|"
+        one = f"{SHORT_OPS.get(b.op_1, b.op_1)}({b.input_1})"
+        two = f"{SHORT_OPS.get(b.op_2, b.op_2)}({b.input_2})"
+        parts.append(one + joint + two)
+    return " ".join(parts)

@@ -1,10 +1,25 @@
 """The experiment store: one SQLite file per search, ``DIR/experiment.db``.
 
-Only the search driver writes it (WAL mode, so ``nasnet show`` can read while it runs).
+Invariants:
+
+* Only the search driver writes it, and only one driver at a time (it holds the experiment's
+  lock, :mod:`nasnet.lock`); ``nasnet show`` / ``export`` / ``report`` read it while it runs
+  (WAL mode).
+* A trial's row and the strategy state that follows its result commit in one transaction, so
+  the store never holds a result the strategy was not told about, or the reverse.
+* The main file holds everything up to the last saved strategy state: the write-ahead log is
+  checkpointed into it whenever a strategy state is saved and when the driver closes the store.
+  Trials finished after the last saved state live in the WAL (``experiment.db-wal``) until
+  then: losing that file loses them (they are re-run on resume), never anything older.
+* Only the newest :data:`KEEP_STATES` strategy states are kept (resume needs the last), so the
+  file grows with the number of trials only.
+
 Tables:
 
-* ``schema_version(version)`` - one row; a file written by a newer nasnet is refused.
-* ``config(id = 1, json, created)`` - the experiment's options.
+* ``schema_version(version)`` - one row; a file written by a newer nasnet is refused, an older
+  one is upgraded when a driver opens it.
+* ``config(id = 1, json, created)`` - the experiment's options
+  (:class:`~nasnet.search_config.SearchConfig`).
 * ``trials`` - one row per child: id, genotype JSON, canonical hash, status
   (``queued`` / ``running`` / ``done`` / ``failed``), reward, metrics JSON, params, mult_adds,
   seed, worker, created / started / finished (Unix times), error text, proposal JSON (what
@@ -19,6 +34,7 @@ Tables:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -29,17 +45,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasnet.space import Genotype
+from nasnet.trials import TrialOutcome, TrialStatus
 
-#: Version of the layout below; bump it (and migrate) when the tables change.
-SCHEMA_VERSION = 1
+#: Version of the layout below; bump it (and migrate in :meth:`Store._upgrade`) when it changes.
+#: 2: nested config layout (nasnet 0.2), canonical hash v2.
+SCHEMA_VERSION = 2
 
 #: File name of the store inside an experiment directory.
 DB_NAME = "experiment.db"
 
-#: Strategy states kept (older ones are deleted).
-KEEP_STATES = 10
+#: Strategy states kept (older ones are deleted; resume needs the newest).
+KEEP_STATES = 2
 
-STATUSES = ("queued", "running", "done", "failed")
+STATUSES = tuple(status.value for status in TrialStatus)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -87,7 +105,7 @@ class TrialRecord:
     id: int
     genotype_json: str
     hash: str
-    status: str
+    status: TrialStatus
     reward: float | None
     metrics: dict[str, Any]
     params: int | None
@@ -108,15 +126,17 @@ class TrialRecord:
     def genotype(self) -> Genotype:
         return Genotype.from_json(self.genotype_json)
 
+    def genotype_dict(self) -> dict[str, Any]:
+        return json.loads(self.genotype_json)
+
     def summary(self) -> dict[str, Any]:
-        """A JSON-friendly view (for ``nasnet show --json``)."""
+        """A JSON-friendly view (for ``nasnet show --json``); never a test accuracy."""
         return {
             "id": self.id,
             "hash": self.hash,
-            "status": self.status,
+            "status": self.status.value,
             "reward": self.reward,
             "val_accuracy": self.metrics.get("val_accuracy"),
-            "test_accuracy": self.metrics.get("test_accuracy"),
             "params": self.params,
             "mult_adds": self.mult_adds,
             "seed": self.seed,
@@ -126,7 +146,7 @@ class TrialRecord:
             "created": self.created,
             "started": self.started,
             "finished": self.finished,
-            "genotype": json.loads(self.genotype_json),
+            "genotype": self.genotype_dict(),
         }
 
 
@@ -138,6 +158,7 @@ _COLUMNS = (
 
 def _record(row: tuple) -> TrialRecord:
     values = list(row)
+    values[3] = TrialStatus(values[3])
     values[5] = json.loads(values[5]) if values[5] else {}
     values[14] = json.loads(values[14])
     return TrialRecord(*values)
@@ -149,6 +170,29 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=NORMAL")
 
 
+def _connect_readonly(path: str) -> sqlite3.Connection:
+    """A connection that never writes the experiment: read-only mode; where the log of a
+    crashed driver needs recovering first, a query-only connection (which may recover it);
+    on read-only media, the file as it is (a store closed by its driver holds everything)."""
+    attempts = (
+        (f"file:{path}?mode=ro", True, False),
+        (path, False, True),
+        (f"file:{path}?immutable=1", True, False),
+    )
+    error: sqlite3.Error | None = None
+    for target, uri, query_only in attempts:
+        try:
+            conn = sqlite3.connect(target, uri=uri, timeout=30)
+            if query_only:
+                conn.execute("PRAGMA query_only = 1")
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as err:
+            error = err
+    assert error is not None
+    raise error
+
+
 def db_path(directory: str) -> str:
     return os.path.join(directory, DB_NAME)
 
@@ -156,9 +200,10 @@ def db_path(directory: str) -> str:
 class Store:
     """Access to one experiment's database; use :meth:`open` or :meth:`create`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str, readonly: bool = False) -> None:
         self.conn = conn
         self.path = path
+        self.readonly = readonly
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -173,16 +218,14 @@ class Store:
         if not os.path.exists(path):
             raise StoreError(f"{directory}: no {DB_NAME} here; is it a 'nasnet search' output?")
         try:
-            if readonly:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-            else:
-                conn = sqlite3.connect(path, timeout=30)
-            store = cls(conn, path)
-            store._check_version()
+            conn = _connect_readonly(path) if readonly else sqlite3.connect(path, timeout=30)
+            store = cls(conn, path, readonly)
+            version = store._check_version()
+            if not readonly:
+                _configure(conn)
+                store._upgrade(version)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{path}: not a nasnet experiment database ({err})") from None
-        if not readonly:
-            _configure(conn)
         return store
 
     @classmethod
@@ -203,7 +246,7 @@ class Store:
             )
         return cls(conn, path)
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
         row = self.conn.execute("SELECT version FROM schema_version").fetchone()
         if row is None:
             raise StoreError(f"{self.path}: no schema version recorded")
@@ -212,9 +255,41 @@ class Store:
                 f"{self.path} has schema version {row[0]}, newer than this nasnet's "
                 f"{SCHEMA_VERSION}; upgrade nasnet to read it"
             )
+        return int(row[0])
+
+    def _upgrade(self, version: int) -> None:
+        """Bring an older store to :data:`SCHEMA_VERSION` (in one transaction)."""
+        if version >= SCHEMA_VERSION:
+            return
+        from nasnet.search_config import SearchConfig
+
+        with self.conn:
+            config = SearchConfig.from_dict(self.config()).to_dict()
+            self.conn.execute("UPDATE config SET json = ? WHERE id = 1",
+                              (json.dumps(config, sort_keys=True),))  # fmt: skip
+            rows = self.conn.execute("SELECT id, genotype FROM trials").fetchall()
+            for trial_id, genotype in rows:
+                new_hash = Genotype.from_json(genotype).canonical_hash()
+                self.conn.execute("UPDATE trials SET hash = ? WHERE id = ?", (new_hash, trial_id))
+            self.conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def close(self) -> None:
+        """Close the connection (a writer checkpoints the WAL into the main file first)."""
+        if not self.readonly:
+            self.checkpoint()
         self.conn.close()
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the main database file (and empty the log)."""
+        # a busy log (a reader in it) is left for the next checkpoint
+        with contextlib.suppress(sqlite3.OperationalError):
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -286,30 +361,26 @@ class Store:
     def finish_trial(
         self,
         trial_id: int,
-        status: str,
-        reward: float | None,
-        metrics: dict[str, Any],
-        error: str | None,
+        outcome: TrialOutcome,
         tell_seq: int,
         worker: str | None,
         started: float | None = None,
         finished: float | None = None,
         reused_from: int | None = None,
     ) -> None:
-        """Record a trial's result (``done`` or ``failed``)."""
-        if status not in ("done", "failed"):
-            raise ValueError(f"status must be done or failed, got {status!r}")
+        """Record a trial's outcome (inside the caller's transaction, if any)."""
+        metrics = outcome.metrics
         self.conn.execute(
             "UPDATE trials SET status = ?, reward = ?, metrics = ?, params = ?, mult_adds = ?, "
             "error = ?, tell_seq = ?, worker = ?, started = COALESCE(?, started), finished = ?, "
             "reused_from = ? WHERE id = ?",
             (
-                status,
-                reward,
+                outcome.status.value,
+                outcome.reward,
                 json.dumps(metrics),
                 metrics.get("params"),
                 metrics.get("mult_adds"),
-                error,
+                outcome.error,
                 tell_seq,
                 worker,
                 started,
@@ -325,13 +396,14 @@ class Store:
         ).fetchone()
         return _record(row) if row else None
 
-    def trials(self, status: str | None = None) -> list[TrialRecord]:
+    def trials(self, status: TrialStatus | str | None = None) -> list[TrialRecord]:
         """All trials (or those with ``status``), by id."""
         if status is None:
             rows = self.conn.execute(f"SELECT {_COLUMNS} FROM trials ORDER BY id")
         else:
             rows = self.conn.execute(
-                f"SELECT {_COLUMNS} FROM trials WHERE status = ? ORDER BY id", (status,)
+                f"SELECT {_COLUMNS} FROM trials WHERE status = ? ORDER BY id",
+                (TrialStatus(status).value,),
             )
         return [_record(row) for row in rows]
 

@@ -10,7 +10,6 @@ resumed run ends with exactly the metrics of an uninterrupted one (same thread c
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -18,7 +17,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,8 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasnet.data import Augment, Dataset, load_dataset
+from nasnet.data import MAX_IMAGE_SIZE, Augment, Dataset, load_dataset
+from nasnet.files import atomic_torch_save, atomic_write_text
 from nasnet.genotypes import resolve_genotype
+from nasnet.options import OptionError, check_finite, require
+from nasnet.runtime import (
+    numpy_rng_state,
+    preserve_global_state,
+    python_rng_state,
+    set_numpy_rng_state,
+    set_python_rng_state,
+)
 from nasnet.space import Genotype
 
 #: Called with one event dict: ``kind`` is ``start``, ``step`` or ``epoch``.
@@ -117,25 +125,42 @@ class TrainConfig:
         return cls.from_dict(json.loads(text))
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first out-of-range field."""
-        positive = ("cells", "filters", "epochs", "batch_size", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0 < self.drop_path_keep_prob <= 1:
-            raise ValueError(
-                f"drop_path_keep_prob must be in (0, 1], got {self.drop_path_keep_prob}"
-            )
-        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("dropout and label_smoothing must be in [0, 1)")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
-        if self.cutout < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("cutout, weight_decay and grad_clip must not be negative")
+        """Raise :class:`~nasnet.options.OptionError` naming the first out-of-range field."""
+        for name in ("cells", "filters", "epochs", "batch_size", "eval_batch_size"):
+            _check_int(self, name, 1, MAX_COUNT)
+        check_finite(self, "lr", 0, low_open=True)
+        check_finite(self, "momentum", 0, 1)
+        check_finite(self, "weight_decay", 0, 1)
+        check_finite(self, "grad_clip", 0)
+        check_finite(self, "aux_weight", 0)
+        check_finite(self, "drop_path_keep_prob", 0, 1, low_open=True)
+        for name in ("dropout", "label_smoothing"):
+            check_finite(self, name, 0, 1)
+            require(getattr(self, name) < 1, name, f"must be below 1, got {getattr(self, name)}")
+        if self.ema_decay is not None:
+            check_finite(self, "ema_decay", 0, 1, low_open=True)
+            require(self.ema_decay < 1, "ema_decay", f"must be below 1, got {self.ema_decay}")
+        _check_int(self, "cutout", 0, MAX_IMAGE_SIZE)
+        if self.image_size is not None:
+            _check_int(self, "image_size", 4, MAX_IMAGE_SIZE)
+        if self.threads is not None:
+            _check_int(self, "threads", 1, 1024)
+        _check_int(self, "seed", 0, 2**63 - 1)
+        for name, allowed in (("device", ("cpu", "cuda", "auto")), ("stem", ("cifar", "imagenet"))):
+            value = getattr(self, name)
+            require(value in allowed, name, f"must be {' or '.join(allowed)}, got {value!r}")
+        require(isinstance(self.genotype, str | dict), "genotype", "must be a name or a dict")
+
+
+#: Upper bound of counts such as epochs, cells and batch size (a typo guard, not a limit).
+MAX_COUNT = 1_000_000
+
+
+def _check_int(config: object, name: str, low: int, high: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(name, f"must be a whole number, got {value!r}")
+    require(low <= value <= high, name, f"must be in [{low}, {high}], got {value}")
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -272,7 +297,7 @@ class ChildTrainer:
             if self.out_dir:
                 self.save()
             self._emit(kind="epoch", **metrics)
-        test = self.evaluate("test")[1] if self.config.eval_test else None
+        test = self.evaluate_split("test")[1] if self.config.eval_test else None
         return self.result("done", "", test)
 
     @property
@@ -297,7 +322,7 @@ class ChildTrainer:
         self.train_seconds += train_time
         self.train_images += seen
         self.epoch += 1
-        val_loss, val_acc = self.evaluate("val")
+        val_loss, val_acc = self.evaluate_split("val")
         metrics = {
             "epoch": self.epoch,
             "train_loss": loss_sum / seen,
@@ -334,7 +359,8 @@ class ChildTrainer:
             self.ema.update(self.model)
         return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
 
-    def evaluate(self, split: str) -> tuple[float, float]:
+    def evaluate_split(self, split: str) -> tuple[float, float]:
+        """``(loss, accuracy)`` on ``val`` or ``test`` (with the EMA weights when kept)."""
         model = self.ema.model if self.ema is not None else self.model
         x, y = self.data.split(split)
         return evaluate_model(model, x, y, self.augment, self.config.eval_batch_size)
@@ -384,9 +410,9 @@ class ChildTrainer:
 
     def save(self) -> None:
         assert self.out_dir is not None
-        _atomic_torch_save(self.state(), os.path.join(self.out_dir, CHECKPOINT_FILE))
+        atomic_torch_save(self.state(), os.path.join(self.out_dir, CHECKPOINT_FILE))
         lines = "".join(json.dumps(_finite(m), allow_nan=False) + "\n" for m in self.history)
-        _atomic_write(os.path.join(self.out_dir, METRICS_FILE), lines)
+        atomic_write_text(os.path.join(self.out_dir, METRICS_FILE), lines)
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -425,21 +451,6 @@ def train(
     return result
 
 
-@contextlib.contextmanager
-def preserve_global_state() -> Iterator[None]:
-    """Restore the global torch / numpy / python RNG states and torch's thread count."""
-    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
 def _prepare(
     genotype: Genotype | str | dict | None,
     config: TrainConfig,
@@ -455,7 +466,7 @@ def _prepare(
     if out_dir:
         check_out_dir(out_dir, config)
         os.makedirs(out_dir, exist_ok=True)
-        _atomic_write(os.path.join(out_dir, CONFIG_FILE), config.to_json())
+        atomic_write_text(os.path.join(out_dir, CONFIG_FILE), config.to_json())
     data = dataset if dataset is not None else load_dataset(config.dataset, config.image_size)
     run = ChildTrainer(genotype, config, data, out_dir, progress)
     checkpoint = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
@@ -503,13 +514,13 @@ def _write_result(out_dir: str, result: dict) -> None:
     try:
         os.makedirs(out_dir, exist_ok=True)
         text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
-        _atomic_write(os.path.join(out_dir, RESULT_FILE), text)
+        atomic_write_text(os.path.join(out_dir, RESULT_FILE), text)
     except OSError as err:
         if result["status"] == "done":
             result.update(status="failed", reason=f"cannot write {RESULT_FILE}: {err}")
 
 
-def evaluate(out_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dict:
+def evaluate_run(out_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Reload the model saved in ``out_dir`` and re-evaluate it; returns accuracy and loss
     per split (``val_accuracy``, ``test_loss``, ...) plus ``epochs_done``.
 
@@ -558,7 +569,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda: no CUDA device is available here; use --device cpu")
+        raise OptionError("device", "cuda: no CUDA device is available here; use cpu or auto")
     return torch.device(name)
 
 
@@ -566,22 +577,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _rng_state(aug_gen: torch.Generator) -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "augment": aug_gen.get_state(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-        "python": random.getstate(),
+        "numpy": numpy_rng_state(),
+        "python": python_rng_state(),
     }
 
 
 def _set_rng_state(state: dict, aug_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     aug_gen.set_state(state["augment"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
+    set_numpy_rng_state(state["numpy"])
+    set_python_rng_state(state["python"])
 
 
 def _finite(value: object) -> object:
@@ -595,19 +603,6 @@ def _finite(value: object) -> object:
     return value
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj: object, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 __all__ = [
     "EMA",
     "ChildTrainer",
@@ -618,8 +613,8 @@ __all__ = [
     "check_out_dir",
     "cosine_lr",
     "derive_seed",
-    "evaluate",
     "evaluate_model",
+    "evaluate_run",
     "preserve_global_state",
     "resolve_genotype",
     "train",

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nasnet.files import atomic_write_json
 from nasnet.space import Genotype, load_genotype
 from nasnet.train import TrainConfig, train
 
@@ -55,16 +56,13 @@ class Source:
 
 def sources_from_search(directory: str, top: int) -> list[Source]:
     """The ``top`` best distinct cells of a search experiment."""
-    from nasnet.search import leaderboard
+    from nasnet.results import leaderboard
     from nasnet.store import Store
 
     if not Store.exists(directory):
         raise TransferError(f"{directory}: no search experiment here (run 'nasnet search')")
-    store = Store.open(directory, readonly=True)
-    try:
+    with Store.open(directory, readonly=True) as store:
         best = leaderboard(store.trials(), top)
-    finally:
-        store.close()
     if not best:
         raise TransferError(f"{directory}: the search has no finished trial yet")
     experiment = os.path.abspath(directory)
@@ -126,7 +124,7 @@ def run_transfer(
     for rank, source in enumerate(sources, start=1):
         run_dir = os.path.join(out_dir, run_dir_name(rank, source))
         os.makedirs(run_dir, exist_ok=True)
-        _write_json(os.path.join(run_dir, LINEAGE_FILE), source.lineage())
+        atomic_write_json(os.path.join(run_dir, LINEAGE_FILE), source.lineage())
         run_config = dataclasses.replace(config, genotype=source.genotype.to_dict())
         callback = None if progress is None else (lambda e, r=rank, s=source: progress(r, s, e))
         result = train(source.genotype, run_config, out_dir=run_dir, progress=callback)
@@ -170,7 +168,7 @@ def _write_summary(out_dir: str, sources: list[Source], config: TrainConfig, row
         "hashes": [s.hash for s in sources],
         "runs": rows,
     }
-    _write_json(os.path.join(out_dir, TRANSFER_FILE), summary)
+    atomic_write_json(os.path.join(out_dir, TRANSFER_FILE), summary)
 
 
 def _add_pointer(experiment: str, out_dir: str) -> None:
@@ -207,11 +205,3 @@ def transfers_of(experiment: str) -> list[dict]:
 
 def is_transfer_dir(directory: str) -> bool:
     return os.path.exists(os.path.join(directory, TRANSFER_FILE))
-
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)

@@ -9,10 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from nasnet.counting import count_mult_adds, count_params
-from nasnet.genotypes import GENOTYPES, resolve_genotype
+from nasnet.genotypes import GENOTYPES, describe_cell, resolve_genotype
 from nasnet.network import build_network, cell_output_shapes, penultimate_filters
 from nasnet.registry import PRESETS, create_model, list_models
-from nasnet.space import Cell
 
 
 def register(subparsers) -> None:
@@ -75,15 +74,3 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(name, str(c), str(h), str(w))
     console.print(table)
     return 0
-
-
-def describe_cell(kind: str, cell: Cell) -> str:
-    """A cell as text: one line per block, then the concatenated states."""
-    names = ["h_i", "h_i-1"] + [f"b{k}" for k in range(len(cell.blocks))]
-    lines = [f"{kind} cell:"]
-    for k, b in enumerate(cell.blocks):
-        lines.append(
-            f"  b{k} = {b.combine}({b.op_1}({names[b.input_1]}), {b.op_2}({names[b.input_2]}))"
-        )
-    lines.append("  output = concat(" + ", ".join(names[i] for i in cell.output_states()) + ")")
-    return "\n".join(lines)

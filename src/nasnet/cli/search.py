@@ -1,12 +1,10 @@
 """``nasnet search`` (run or resume an architecture search), ``nasnet show``, ``nasnet export``
-and ``nasnet report`` (read an experiment's store)."""
+and ``nasnet report`` (read an experiment's store). Parsing, calling and printing only: the
+search is :mod:`nasnet.search`, the analysis :mod:`nasnet.results`."""
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import io
 import json
 import os
 import time
@@ -17,95 +15,86 @@ from rich.live import Live
 from rich.table import Table
 
 from nasnet.cli import UserError
-from nasnet.executors import executor_names
-from nasnet.search import (
-    SearchConfig,
-    SearchError,
-    SearchStats,
-    describe_cell,
-    leaderboard,
-    mean_top,
-    resolve_config,
-    rewards_in_finish_order,
-    run_search,
-)
-from nasnet.store import Store, StoreError, TrialRecord
-from nasnet.strategies import STRATEGIES
+from nasnet.cli.train import OPTIONS as TRAIN_OPTIONS
+from nasnet.lock import ExperimentLocked
+from nasnet.options import OptionError, coerce
+from nasnet.results import plot_runs, report_html, run_curve, summarize
+from nasnet.search import Search, SearchError, SearchStats, open_experiment
+from nasnet.search_config import SEARCH_SET_CHILD_FIELDS, SearchConfig
+from nasnet.store import StoreError, TrialRecord
+from nasnet.train import TrainConfig
 
-#: ``nasnet search`` options: flag -> (SearchConfig field, type, help).
-OPTIONS: dict[str, tuple[str, type, str]] = {
-    "--strategy": ("strategy", str, f"search strategy: {', '.join(STRATEGIES)}"),
-    "--dataset": ("dataset", str, "child dataset: digits, cifar10:PATH, folder:PATH, synthetic"),
+#: Flags of the search's own fields: flag -> (field, type, help).
+SEARCH_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--strategy": ("strategy", str, "search strategy: ppo, reinforce, random or evolution"),
+    "--evaluator": ("evaluator", str, "train (real child training) or toy (instant test reward)"),
+    "--executor": ("executor", str, "local (spawned worker processes), inprocess or ray"),
     "--budget": ("budget", int, "number of finished (done) children to reach"),
     "--workers": ("workers", int, "children trained at once"),
     "--seed": ("seed", int, "experiment seed (strategy and child seeds derive from it)"),
     "--blocks": ("blocks", int, "B, blocks per cell"),
-    "--child-cells": ("child_cells", int, "N, normal cells per stage of each child"),
-    "--child-filters": ("child_filters", int, "F, filters of each child's first stage"),
-    "--child-epochs": ("child_epochs", int, "training epochs per child"),
-    "--child-batch-size": (
-        "child_batch_size",
-        int,
-        "child training batch size (default: nasnet train's)",
-    ),
-    "--child-lr": ("child_lr", float, "child initial learning rate (default: nasnet train's)"),
-    "--image-size": ("image_size", int, "resize child images to this side (default: as stored)"),
-    "--evaluator": ("evaluator", str, "train (real child training) or toy (instant test reward)"),
-    "--executor": ("executor", str, "local (spawned worker processes), inprocess or ray"),
-    "--threads": ("threads", int, "torch threads per worker process (local executor)"),
     "--max-failures": (
         "max_failures",
         int,
-        "stop after this many failed children (default: 2 x budget)",
+        "stop after this many failures (default: 2 x budget)",
     ),
-    "--controller-lr": (
-        "controller_lr",
-        float,
-        "controller Adam lr (default: ppo 0.00035, reinforce 0.0006)",
-    ),
-    "--controller-batch": ("controller_batch", int, "results per controller update (default: 20)"),
-    "--ppo-epochs": ("ppo_epochs", int, "PPO passes over each batch (default: 4)"),
-    "--entropy-weight": (
-        "entropy_weight",
-        float,
-        "controller entropy bonus weight (default: 1e-5)",
-    ),
-    "--population": ("population", int, "evolution population size P (default: 100)"),
-    "--sample-size": ("sample_size", int, "evolution tournament sample size S (default: 25)"),
-    "--mult-adds-target": (
-        "mult_adds_target",
-        float,
-        "cost-aware reward: mult-add budget M (default: off)",
-    ),
-    "--cost-weight": ("cost_weight", float, "cost-aware reward exponent w (0: off)"),
-    "--ray-address": (
-        "ray_address",
-        str,
-        "ray executor: auto or HOST:PORT of a running cluster (default: start a local one)",
-    ),
-    "--cpus-per-child": ("cpus_per_child", float, "ray executor: CPUs each child asks for"),
-    "--gpus-per-child": (
-        "gpus_per_child",
-        float,
-        "ray executor: GPUs each child asks for (0.25: four children share a GPU)",
-    ),
-    "--max-retries": (
-        "max_retries",
-        int,
-        "ray executor: retries of a child whose worker process or node died (default: 3)",
-    ),
-    "--toy-delay": ("toy_delay", float, "toy evaluator: seconds of sleep per child"),
-    "--toy-fail-rate": ("toy_fail_rate", float, "toy evaluator: fraction of children that raise"),
-    "--toy-crash-rate": ("toy_crash_rate", float, "toy: fraction whose worker process dies"),
-    "--toy-noise": ("toy_noise", float, "toy evaluator: reward noise amplitude"),
-    "--toy-target-seed": ("toy_target_seed", int, "toy evaluator: seed of the hidden optimum"),
 }
 
-CHOICES = {
-    "strategy": tuple(STRATEGIES),
-    "evaluator": ("train", "toy"),
-    "executor": executor_names(),
+#: Shorthand flags for common options of the parts: flag -> (dotted field, type, help).
+#: Every option of every part is also reachable as --PART-option NAME=VALUE.
+SHORTHANDS: dict[str, tuple[str, type, str]] = {
+    "--dataset": ("child.dataset", str, "child data: digits, cifar10:PATH, folder:PATH, ..."),
+    "--image-size": ("child.image_size", int, "resize child images to this side"),
+    "--controller-lr": ("strategy_options.lr", float, "ppo/reinforce: controller Adam lr"),
+    "--controller-batch": ("strategy_options.batch_size", int, "ppo/reinforce: results per update"),
+    "--ppo-epochs": ("strategy_options.epochs", int, "ppo: passes over each batch"),
+    "--entropy-weight": ("strategy_options.entropy_weight", float, "ppo/reinforce: entropy bonus"),
+    "--population": ("strategy_options.population", int, "evolution: population size P"),
+    "--sample-size": ("strategy_options.sample_size", int, "evolution: tournament sample S"),
+    "--mult-adds-target": ("evaluator_options.mult_adds_target", float, "cost-aware: mult-adds M"),
+    "--cost-weight": ("evaluator_options.cost_weight", float, "cost-aware reward exponent w"),
+    "--toy-delay": ("evaluator_options.delay", float, "toy: seconds of sleep per child"),
+    "--toy-fail-rate": ("evaluator_options.fail_rate", float, "toy: fraction of children failing"),
+    "--toy-crash-rate": ("evaluator_options.crash_rate", float, "toy: fraction whose process dies"),
+    "--toy-noise": ("evaluator_options.noise", float, "toy: reward noise amplitude"),
+    "--toy-target-seed": ("evaluator_options.target_seed", int, "toy: seed of the hidden optimum"),
+    "--threads": ("executor_options.threads", int, "torch threads per child (local, ray: 1)"),
+    "--ray-address": ("executor_options.address", str, "ray: auto or HOST:PORT of a cluster"),
+    "--cpus-per-child": ("executor_options.cpus_per_child", float, "ray: CPUs per child"),
+    "--gpus-per-child": ("executor_options.gpus_per_child", float, "ray: GPUs per child"),
+    "--max-retries": ("executor_options.max_retries", int, "ray: retries of a lost child"),
+}  # fmt: skip
+
+#: ``nasnet train`` flags that a search child takes with a ``--child-`` prefix.
+CHILD_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--child-" + flag[2:]: (f"child.{name}", kind, text)
+    for flag, (name, kind, text) in TRAIN_OPTIONS.items()
+    if name not in SEARCH_SET_CHILD_FIELDS | {"dataset", "image_size", "threads"}
 }
+
+#: Generic ``--PART-option NAME=VALUE`` flags: flag -> the config field they fill.
+PART_OPTION_FLAGS = {
+    "--strategy-option": "strategy_options",
+    "--evaluator-option": "evaluator_options",
+    "--executor-option": "executor_options",
+    "--child-option": "child",
+}
+
+FIELD_FLAGS = {field: flag for flags in (SEARCH_FLAGS, SHORTHANDS, CHILD_FLAGS)
+               for flag, (field, _, _) in flags.items()}  # fmt: skip
+
+
+def flag_of(field: str) -> str:
+    """The command-line spelling of a search config field (errors name flags, not fields)."""
+    if field == "reuse":
+        return "--no-reuse"
+    if field in FIELD_FLAGS:
+        return FIELD_FLAGS[field]
+    part, _, name = field.partition(".")
+    for flag, target in PART_OPTION_FLAGS.items():
+        if part == target and name:
+            return f"{flag} {name}"
+    return f"--{field.replace('_', '-')}"
 
 
 def register(subparsers: Any) -> None:
@@ -134,6 +123,22 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_report)
 
 
+def _parts_help() -> str:
+    """Every option of every strategy, evaluator and executor, from their declarations."""
+    from nasnet.evaluators import EVALUATORS
+    from nasnet.executors import EXECUTORS
+    from nasnet.strategies import STRATEGIES
+
+    lines = []
+    for flag, registry in (("--strategy-option", STRATEGIES), ("--evaluator-option", EVALUATORS),
+                           ("--executor-option", EXECUTORS)):  # fmt: skip
+        for name, cls in registry.items():
+            described = cls.Options.describe()
+            options = ", ".join(f"{o}={d}" for o, _, d, _ in described) or "none"
+            lines.append(f"{flag} for {name}: {options}")
+    return "\n".join(lines)
+
+
 def _register_search(subparsers: Any) -> None:
     d = SearchConfig()
     p = subparsers.add_parser(
@@ -142,56 +147,83 @@ def _register_search(subparsers: Any) -> None:
         description="Search the NASNet space: a strategy proposes cells, workers train them, "
         "results go to DIR/experiment.db. Rerunning with the same --out resumes the search; "
         "options not given keep their saved values.",
+        epilog=_parts_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for flag, (name, kind, text) in OPTIONS.items():
-        metavar = {int: "N", float: "X"}.get(kind, "NAME")
+    for flag, (name, kind, text) in SEARCH_FLAGS.items():
         default = getattr(d, name)
         text = text if default is None else f"{text} (default: {default})"
-        p.add_argument(flag, type=kind, dest=name, metavar=metavar, choices=CHOICES.get(name),
-                       help=text)  # fmt: skip
+        p.add_argument(flag, type=kind, dest=name, metavar=_metavar(kind), help=text)
+    for flag, (field, kind, text) in {**SHORTHANDS, **CHILD_FLAGS}.items():
+        p.add_argument(flag, type=kind, dest=field, metavar=_metavar(kind), help=text)
+    for flag, target in PART_OPTION_FLAGS.items():
+        part = target.split("_")[0]
+        p.add_argument(flag, action="append", dest=target, metavar="NAME=VALUE",
+                       help=f"set any option of the {part} (repeatable)")  # fmt: skip
     p.add_argument("--no-reuse", dest="reuse", action="store_const", const=False, default=None,
                    help="train cells again even if an equivalent one was trained")  # fmt: skip
     p.add_argument("--out", required=True, help="experiment directory (resumed if it exists)")
     p.add_argument("--quiet", action="store_true", help="no live display")
-    p.set_defaults(func=run_search_command)
+    p.set_defaults(func=run_search_command, flag_of=flag_of)
+
+
+def _metavar(kind: type) -> str:
+    return {int: "N", float: "X"}.get(kind, "NAME")
 
 
 # --------------------------------------------------------------------------- nasnet search
 
 
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options set on the command line, nested as in :meth:`SearchConfig.to_dict`."""
+    values = vars(args)
+    given: dict[str, Any] = {}
+    for _, (name, _, _) in SEARCH_FLAGS.items():
+        if values.get(name) is not None:
+            given[name] = values[name]
+    if values.get("reuse") is not None:
+        given["reuse"] = values["reuse"]
+    for flag, target in PART_OPTION_FLAGS.items():
+        for item in values.get(target) or []:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise UserError(f"{flag}: expected NAME=VALUE, got {item!r}")
+            given.setdefault(target, {})[name.strip()] = _typed(target, name.strip(), value)
+    for field in (f for f, in_flags in FIELD_FLAGS.items() if "." in f):
+        if values.get(field) is not None:
+            part, _, name = field.partition(".")
+            given.setdefault(part, {})[name] = values[field]
+    return given
+
+
+def _typed(target: str, name: str, value: str) -> Any:
+    """Child options are typed here (TrainConfig is no Options class); the parts type theirs."""
+    if target != "child":
+        return value
+    fields = {f.name: f for f in TrainConfig.__dataclass_fields__.values()}
+    if name not in fields or name in SEARCH_SET_CHILD_FIELDS:
+        raise OptionError(f"child.{name}", "not an option of a search child")
+    return coerce(fields[name], value, TrainConfig)
+
+
 def run_search_command(args: argparse.Namespace) -> int:
-    names = {name for name, _, _ in OPTIONS.values()} | {"reuse"}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    try:
-        saved = Store.open(args.out).config() if Store.exists(args.out) else None
-        config = resolve_config(saved, given)
-    except (StoreError, SearchError) as err:
-        raise UserError(str(err)) from None
-    if config.evaluator == "train":
-        _check_dataset(config)
+    given = given_options(args)
     console = Console()
-    display = SearchDisplay(config, args.out, console, live=console.is_terminal and not args.quiet)
     try:
-        with display:
-            stats = run_search(args.out, config, on_event=display.event)
-    except (StoreError, SearchError) as err:
+        with open_experiment(args.out, given) as experiment:
+            live = console.is_terminal and not args.quiet
+            with SearchDisplay(experiment.config, args.out, console, live) as display:
+                stats = Search(experiment, on_event=display.event).run()
+    except (StoreError, SearchError, ExperimentLocked) as err:
         raise UserError(str(err)) from None
     best = "none" if stats.best_reward is None else f"{stats.best_reward:.4f}"
     console.print(
-        f"search {'resumed and ' if saved else ''}finished: {stats.finished} children done, "
-        f"{stats.failed} failed; best reward {best} (trial {stats.best_trial}). "
-        f"See: nasnet show {args.out}"
+        f"search {'resumed and ' if stats.resumed else ''}finished: {stats.finished} children "
+        f"done, {stats.failed} failed; best reward {best} (trial {stats.best_trial}). "
+        f"See: nasnet show {args.out}",
+        soft_wrap=True,
     )
     return 0
-
-
-def _check_dataset(config: SearchConfig) -> None:
-    from nasnet.data import DatasetError, load_dataset
-
-    try:
-        load_dataset(config.dataset, config.image_size)
-    except (DatasetError, OSError, ValueError) as err:
-        raise UserError(f"--dataset: {err}") from None
 
 
 class SearchDisplay:
@@ -260,59 +292,23 @@ def _event_line(kind: str, stats: SearchStats, trial: TrialRecord) -> str:
 # --------------------------------------------------------------------------- show / export
 
 
-def _open(directory: str) -> Store:
+def _summary(directory: str, top: int) -> dict[str, Any]:
+    if top < 1:
+        raise UserError(f"--top: must be at least 1, got {top}")
     try:
-        return Store.open(directory, readonly=True)
+        return summarize(directory, top)
     except StoreError as err:
         raise UserError(str(err)) from None
 
 
-def _entry(rank: int, trial: TrialRecord) -> dict[str, Any]:
-    return {
-        "rank": rank,
-        "id": trial.id,
-        "hash": trial.hash,
-        "reward": trial.reward,
-        "val_accuracy": trial.metrics.get("val_accuracy"),
-        "test_accuracy": trial.metrics.get("test_accuracy"),
-        "params": trial.params,
-        "mult_adds": trial.mult_adds,
-        "genotype": trial.genotype.to_dict(),
-    }
-
-
-def summarize(directory: str, top: int = 10) -> dict[str, Any]:
-    """The object ``nasnet show --json`` prints."""
-    store = _open(directory)
-    try:
-        config, trials, counts = store.config(), store.trials(), store.counts()
-    finally:
-        store.close()
-    ranked = leaderboard(trials, top)
-    best = ranked[0] if ranked else None
-    return {
-        "directory": directory,
-        "strategy": config.get("strategy"),
-        "budget": config.get("budget"),
-        "finished": counts["done"],
-        "failed": counts["failed"],
-        "running": counts["running"],
-        "queued": counts["queued"],
-        "best_reward": best.reward if best else None,
-        "best_trial": best.id if best else None,
-        "mean_top10": mean_top(rewards_in_finish_order(trials), 10),
-        "config": config,
-        "leaderboard": [_entry(rank, t) for rank, t in enumerate(ranked, 1)],
-        "trials": [t.summary() for t in trials],
-    }
-
-
 def run_show(args: argparse.Namespace) -> int:
+    from nasnet.genotypes import cell_summary
+    from nasnet.space import Genotype
     from nasnet.transfer import is_transfer_dir, read_transfer, transfers_of
 
     if is_transfer_dir(args.dir):
         return _show_transfer(args, read_transfer(args.dir))
-    summary = summarize(args.dir, args.top)
+    summary = _summary(args.dir, args.top)
     summary["transfers"] = transfers_of(args.dir)
     if args.draw and summary["leaderboard"]:
         _draw_best(summary["leaderboard"][0], args.draw)
@@ -325,13 +321,13 @@ def run_show(args: argparse.Namespace) -> int:
         table.add_column(name, justify="right", no_wrap=True)
     lines = []
     for entry in summary["leaderboard"]:
-        genotype = _genotype(entry)
+        genotype = Genotype.from_dict(entry["genotype"])
         table.add_row(
             str(entry["rank"]), str(entry["id"]), entry["hash"][:8], _num(entry["reward"]),
             _num(entry["val_accuracy"]), _int(entry["params"]), _int(entry["mult_adds"]),
         )  # fmt: skip
-        lines.append(f"{entry['rank']:>3}. normal    {describe_cell(genotype.normal)}")
-        lines.append(f"     reduction {describe_cell(genotype.reduction)}")
+        lines.append(f"{entry['rank']:>3}. normal    {cell_summary(genotype.normal)}")
+        lines.append(f"     reduction {cell_summary(genotype.reduction)}")
     console.print(table)
     if lines:
         console.print(
@@ -390,12 +386,6 @@ def _draw_best(entry: dict[str, Any], path: str) -> None:
     draw_genotype(Genotype.from_dict(entry["genotype"]), path, f"best cell {entry['hash'][:8]}")
 
 
-def _genotype(entry: dict[str, Any]) -> Any:
-    from nasnet.space import Genotype
-
-    return Genotype.from_dict(entry["genotype"])
-
-
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -405,30 +395,25 @@ def _int(value: int | None) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise UserError("--top: must be at least 1")
-    entries = summarize(args.dir, args.top)["leaderboard"]
+    entries = _summary(args.dir, args.top)["leaderboard"]
     if not entries:
         raise UserError(f"{args.dir}: no finished children to export yet")
-    _write_text(args.output, json.dumps(entries, indent=2) + "\n")
+    _write(args.output, json.dumps(entries, indent=2) + "\n")
     if args.split:
-        os.makedirs(args.split, exist_ok=True)
         for entry in entries:
             name = f"rank{entry['rank']}-{entry['hash'][:8]}.json"
-            _write_text(os.path.join(args.split, name), json.dumps(entry, indent=2) + "\n")
+            _write(os.path.join(args.split, name), json.dumps(entry, indent=2) + "\n")
     print(f"wrote {len(entries)} cell(s) to {args.output}")
     return 0
 
 
-def _write_text(path: str, text: str) -> None:
+def _write(path: str, data: str | bytes) -> None:
+    from nasnet.files import atomic_write_bytes
+
     try:
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror})") from None
+        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
 # --------------------------------------------------------------------------- report
@@ -439,126 +424,15 @@ def run_report(args: argparse.Namespace) -> int:
     if suffix not in (".png", ".html"):
         raise UserError(f"-o: {args.output} must end in .png or .html")
     if args.window < 1:
-        raise UserError("--window: must be at least 1")
-    runs = [_run_data(directory) for directory in args.dirs]
+        raise UserError(f"--window: must be at least 1, got {args.window}")
+    try:
+        runs = [run_curve(directory) for directory in args.dirs]
+    except StoreError as err:
+        raise UserError(str(err)) from None
     png = plot_runs(runs, args.window)
-    if suffix == ".png":
-        try:
-            with open(args.output, "wb") as fh:
-                fh.write(png)
-        except OSError as err:
-            raise UserError(f"{args.output}: cannot write ({err.strerror})") from None
-    else:
-        _write_text(args.output, report_html(runs, png))
+    _write(args.output, png if suffix == ".png" else report_html(runs, png))
     print(f"wrote {args.output}")
     return 0
 
 
-def _run_data(directory: str) -> dict[str, Any]:
-    store = _open(directory)
-    try:
-        config, trials, counts = store.config(), store.trials(), store.counts()
-    finally:
-        store.close()
-    label = os.path.basename(os.path.normpath(directory)) or directory
-    return {
-        "directory": directory,
-        "label": f"{label} ({config.get('strategy')})",
-        "strategy": config.get("strategy"),
-        "rewards": rewards_in_finish_order(trials),
-        "failed": counts["failed"],
-        "best": next(iter(leaderboard(trials, 1)), None),
-    }
-
-
-def moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing mean over the last ``window`` values (fewer at the start)."""
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
-def best_so_far(values: list[float]) -> list[float]:
-    out: list[float] = []
-    for value in values:
-        out.append(value if not out else max(out[-1], value))
-    return out
-
-
-def plot_runs(runs: list[dict[str, Any]], window: int) -> bytes:
-    """PNG bytes: best-so-far (solid) and moving-average (dashed) reward per experiment."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run in enumerate(runs):
-        rewards = run["rewards"]
-        if not rewards:
-            continue
-        x = list(range(1, len(rewards) + 1))
-        color = colors[i % len(colors)]
-        ax.plot(x, best_so_far(rewards), color=color, label=f"{run['label']} best so far")
-        ax.plot(x, moving_average(rewards, window), color=color, linestyle="--",
-                label=f"{run['label']} mean of last {window}")  # fmt: skip
-    ax.set_xlabel("number of children finished")
-    ax.set_ylabel("reward (validation accuracy)")
-    ax.set_title("Search progress")
-    ax.grid(alpha=0.3)
-    if any(run["rewards"] for run in runs):
-        ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def report_html(runs: list[dict[str, Any]], png: bytes) -> str:
-    """A small self-contained page: the plot (base64 PNG) and a table per experiment."""
-    rows = []
-    for run in runs:
-        rewards = run["rewards"]
-        cells = [
-            html.escape(run["directory"]), html.escape(str(run["strategy"])), str(len(rewards)),
-            str(run["failed"]), _num(max(rewards) if rewards else None),
-            _num(mean_top(rewards, 5)), _num(mean_top(rewards, 10)),
-            _num(sum(rewards) / len(rewards) if rewards else None),
-        ]  # fmt: skip
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = ("experiment", "strategy", "finished", "failed", "best", "mean top-5", "mean top-10",
-            "mean")  # fmt: skip
-    image = base64.b64encode(png).decode("ascii")
-    cells = "".join(_best_cell_html(run) for run in runs if run.get("best") is not None)
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>nasnet search report</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>\n"
-        "<h1>nasnet search report</h1>\n"
-        f"<img alt='reward against children' src='data:image/png;base64,{image}'>\n"
-        "<table><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr>\n"
-        + "\n".join(rows)
-        + "\n</table>\n"
-        + cells
-        + "</body></html>\n"
-    )
-
-
-def _best_cell_html(run: dict[str, Any]) -> str:
-    """The best cell pair of one experiment as an inline SVG diagram."""
-    from nasnet.draw import genotype_svg
-
-    best = run["best"]
-    title = f"trial {best.id}, reward {best.reward:.4f}, hash {best.hash[:8]}"
-    return (
-        f"<h2>{html.escape(run['label'])}: best cell</h2>\n"
-        f"<div>{genotype_svg(best.genotype, title)}</div>\n"
-    )
+__all__ = ["flag_of", "given_options", "register"]

@@ -12,12 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nasnet.cli import UserError
 from nasnet.data import DatasetError, load_dataset
+from nasnet.options import OptionError
 from nasnet.space import GenotypeError
 from nasnet.train import (
     CONFIG_FILE,
     TrainConfig,
     check_out_dir,
-    evaluate,
+    evaluate_run,
     resolve_genotype,
     train,
 )
@@ -47,11 +48,24 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
 }
 
 
+#: TrainConfig field -> flag, for error messages.
+FIELD_FLAGS = {name: flag for flag, (name, _, _) in OPTIONS.items()} | {
+    "nesterov": "--no-nesterov",
+    "channels_last": "--nchw",
+    "eval_test": "--no-test",
+}
+
+
+def flag_of(field: str) -> str:
+    """The flag of a training option (``drop_path_keep_prob`` -> ``--drop-path-keep``)."""
+    return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def register(subparsers) -> None:
     """Add ``train`` and ``evaluate`` to the ``nasnet`` command."""
     _register_train(subparsers)
     p = subparsers.add_parser(
-        "evaluate", help="re-evaluate a trained child", description=evaluate.__doc__
+        "evaluate", help="re-evaluate a trained child", description=evaluate_run.__doc__
     )
     p.add_argument("dir", help="output directory of 'nasnet train'")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -93,7 +107,7 @@ def _register_train(subparsers) -> None:
                    help="do not evaluate on the test split at the end")  # fmt: skip
     p.add_argument("--out", required=True, help="output directory (resumed if it holds a run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, flag_of=flag_of)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -110,10 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = ("nesterov", "channels_last", "eval_test")
     values.update({n: getattr(args, n) for n in flags if getattr(args, n) is not None})
     config = TrainConfig.from_dict(values)
-    try:
-        config.check()
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    config.check()
     return config
 
 
@@ -123,7 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
         genotype = resolve_genotype(config.genotype)
         check_out_dir(args.out, config)
         data = load_dataset(config.dataset, config.image_size)
-    except GenotypeError:
+    except (GenotypeError, OptionError):
         raise
     except (DatasetError, ValueError) as err:
         raise UserError(str(err)) from None
@@ -153,7 +164,7 @@ def _summary(result: dict, out: str) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     try:
-        report = evaluate(args.dir)
+        report = evaluate_run(args.dir)
     except (DatasetError, ValueError, KeyError) as err:
         raise UserError(f"{args.dir}: {err}") from None
     if args.json:

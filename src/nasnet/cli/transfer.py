@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 
 from nasnet.cli import UserError
-from nasnet.cli.train import ProgressBar, add_training_options, training_values
+from nasnet.cli.train import ProgressBar, add_training_options, flag_of, training_values
 from nasnet.data import DatasetError
 from nasnet.train import TrainConfig
 from nasnet.transfer import TransferError, resolve_sources, run_transfer
@@ -26,15 +26,15 @@ def register(subparsers) -> None:
     add_training_options(p)
     p.add_argument("--out", required=True, help="output directory, one run per cell")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flag_of=flag_of)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError("--top: must be at least 1")
     config = TrainConfig.from_dict({**TrainConfig().to_dict(), **training_values(args)})
+    config.check()
     try:
-        config.check()
         sources = resolve_sources(args.source, args.top)
     except (TransferError, ValueError) as err:
         raise UserError(str(err)) from None

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from nasnet.options import Options
 from nasnet.space import Genotype, SearchSpace
 
 #: Results between two saved states of strategies that have no batch update of their own.
@@ -35,31 +35,46 @@ CHECKPOINT_EVERY = 20
 
 @dataclass
 class Proposal:
-    """One child to train: its genotype, the strategy's own bookkeeping ``data``
-    (JSON-serialisable: the actions, the log-probability at sampling time, the parent, ...)
-    and the strategy's running number ``id`` (0, 1, 2, ... in the order asked)."""
+    """One child to train: its genotype, its ``actions`` (the 2 x 5B decisions that encode it,
+    which a resumed search compares to check that it re-draws the same child), the strategy's
+    own bookkeeping ``data`` (JSON-serialisable: the log-probability at sampling time, the
+    parent, ...) and the strategy's running number ``id`` (0, 1, 2, ... in the order asked)."""
 
     id: int
     genotype: Genotype
+    actions: list[int]
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "genotype": self.genotype.to_dict(), "data": self.data}
+        return {"id": self.id, "genotype": self.genotype.to_dict(), "actions": self.actions,
+                "data": self.data}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict) -> Proposal:
-        return cls(int(data["id"]), Genotype.from_dict(data["genotype"]), dict(data["data"]))
+        extra = dict(data["data"])
+        # experiments written before nasnet 0.2 kept the actions inside ``data``
+        actions = data["actions"] if "actions" in data else extra.pop("actions")
+        genotype = Genotype.from_dict(data["genotype"])
+        return cls(int(data["id"]), genotype, [int(a) for a in actions], extra)
 
 
 class Strategy(ABC):
-    """Base class: a strategy over ``space`` seeded by ``seed``."""
+    """Base class: a strategy over ``space`` seeded by ``seed``.
+
+    A subclass names its hyper-parameters in :attr:`Options` (a dataclass of
+    :class:`~nasnet.options.Options`); the keyword arguments of the constructor are parsed and
+    checked into ``self.opts``.
+    """
 
     #: Registry name (``ppo``, ``reinforce``, ``random``, ``evolution``).
     name: str = ""
+    #: The strategy's hyper-parameters, with defaults, help and checks.
+    Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, space: SearchSpace, seed: int) -> None:
+    def __init__(self, space: SearchSpace, seed: int, **options: Any) -> None:
         self.space = space
         self.seed = seed
+        self.opts = self.Options.parse(options, f"strategy {self.name!r}")
         self.asked = 0
         self.told = 0
         self.failed = 0
@@ -74,7 +89,7 @@ class Strategy(ABC):
 
     def options(self) -> dict[str, Any]:
         """The strategy's hyper-parameters (recorded with its state)."""
-        return {}
+        return self.opts.to_dict()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, RNG, pending batch."""
@@ -95,17 +110,6 @@ class Strategy(ABC):
         self.told += 1
         if reward is None:
             self.failed += 1
-
-
-def python_rng_state(rng: random.Random) -> list:
-    """``random.Random`` state as nested lists (safe for ``weights_only`` loading)."""
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def set_python_rng_state(rng: random.Random, state: list) -> None:
-    version, internal, gauss = state
-    rng.setstate((version, tuple(internal), gauss))
 
 
 def state_to_bytes(state: dict[str, Any]) -> bytes:
@@ -151,8 +155,6 @@ __all__ = [
     "CHECKPOINT_EVERY",
     "Proposal",
     "Strategy",
-    "python_rng_state",
-    "set_python_rng_state",
     "state_digest",
     "state_from_bytes",
     "state_to_bytes",

@@ -14,58 +14,55 @@ few hundred children, smaller values (e.g. P = 20, S = 5) leave more room for ev
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
+from nasnet.options import Options, check_at_least, option, require
+from nasnet.runtime import python_rng_state, set_python_rng_state
 from nasnet.space import DECISIONS_PER_BLOCK, SearchSpace
-from nasnet.strategies.base import (
-    CHECKPOINT_EVERY,
-    Proposal,
-    Strategy,
-    python_rng_state,
-    set_python_rng_state,
-)
+from nasnet.strategies.base import CHECKPOINT_EVERY, Proposal, Strategy
 
 _FIELDS = ("input_1", "input_2", "op_1", "op_2", "combine")
+
+
+@dataclass
+class EvolutionOptions(Options):
+    population: int = option(100, "population size P")
+    sample_size: int = option(25, "tournament sample size S (at most P)")
+    checkpoint_every: int = option(CHECKPOINT_EVERY, "results between two saved states")
+
+    def check(self) -> None:
+        for name in ("population", "sample_size", "checkpoint_every"):
+            check_at_least(self, name, 1)
+        require(
+            self.sample_size <= self.population,
+            "sample_size",
+            f"must be at most the population ({self.population}), got {self.sample_size}",
+        )
 
 
 class EvolutionStrategy(Strategy):
     """Aging evolution with tournament selection and single-decision mutations."""
 
     name = "evolution"
+    Options = EvolutionOptions
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int,
-        population: int = 100,
-        sample_size: int = 25,
-        checkpoint_every: int = CHECKPOINT_EVERY,
-    ) -> None:
-        super().__init__(space, seed)
-        if population < 1 or not 1 <= sample_size <= population:
-            raise ValueError("need population >= 1 and 1 <= sample_size <= population")
-        self.population_size = population
-        self.sample_size = sample_size
-        self.checkpoint_every = checkpoint_every
+    def __init__(self, space: SearchSpace, seed: int, **options: Any) -> None:
+        super().__init__(space, seed, **options)
+        self.population_size = self.opts.population
+        self.sample_size = self.opts.sample_size
         self.rng = random.Random(seed)
         self.population: list[dict[str, Any]] = []  # oldest first
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "population": self.population_size,
-            "sample_size": self.sample_size,
-            "checkpoint_every": self.checkpoint_every,
-        }
 
     def ask(self) -> Proposal:
         if self.asked < self.population_size or not self.population:
             actions = self.space.sample_actions(self.rng)
-            data: dict[str, Any] = {"actions": actions, "parent": None, "mutation": None}
+            data: dict[str, Any] = {"parent": None, "mutation": None}
         else:
             parent = self._tournament()
             actions, mutation = mutate(self.space, parent["actions"], self.rng)
-            data = {"actions": actions, "parent": parent["id"], "mutation": mutation}
-        proposal = Proposal(self.asked, self.space.decode(actions), data)
+            data = {"parent": parent["id"], "mutation": mutation}
+        proposal = Proposal(self.asked, self.space.decode(actions), actions, data)
         self.asked += 1
         return proposal
 
@@ -77,11 +74,11 @@ class EvolutionStrategy(Strategy):
     def tell(self, proposal: Proposal, reward: float | None) -> bool:
         self._count_tell(reward)
         if reward is not None:
-            actions = list(proposal.data["actions"])
+            actions = list(proposal.actions)
             self.population.append({"id": proposal.id, "actions": actions, "reward": reward})
             if len(self.population) > self.population_size:
                 self.population.pop(0)
-        return self.told % self.checkpoint_every == 0
+        return self.told % self.opts.checkpoint_every == 0
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -92,7 +89,7 @@ class EvolutionStrategy(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        set_python_rng_state(self.rng, state["rng"])
+        set_python_rng_state(state["rng"], self.rng)
         self.population = [dict(member) for member in state["population"]]
 
 
@@ -122,4 +119,4 @@ def mutate(space: SearchSpace, actions: list[int], rng: random.Random) -> tuple[
     return child, f"{where}: {old_name} -> {new_name}"
 
 
-__all__ = ["EvolutionStrategy", "mutate"]
+__all__ = ["EvolutionOptions", "EvolutionStrategy", "mutate"]

@@ -12,36 +12,39 @@ These settings are for 20,000 children; with a few hundred, raise ``lr`` and low
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from nasnet.options import check_at_least, check_finite, option
 from nasnet.space import SearchSpace
-from nasnet.strategies.reinforce import PolicyGradientStrategy
+from nasnet.strategies.policy_gradient import PolicyGradientOptions, PolicyGradientStrategy
+
+
+@dataclass
+class PPOOptions(PolicyGradientOptions):
+    lr: float = option(0.00035, "controller Adam learning rate (the paper's)")
+    clip: float = option(0.2, "PPO clipping epsilon of the probability ratio")
+    epochs: int = option(4, "optimisation passes over each batch")
+
+    def check(self) -> None:
+        super().check()
+        check_finite(self, "clip", 0, low_open=True)
+        check_at_least(self, "epochs", 1)
 
 
 class PPOStrategy(PolicyGradientStrategy):
     """Proximal policy optimisation with a clipped surrogate objective."""
 
     name = "ppo"
+    Options = PPOOptions
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int,
-        lr: float = 0.00035,
-        clip: float = 0.2,
-        epochs: int = 4,
-        **options: Any,
-    ) -> None:
-        if clip <= 0 or epochs < 1:
-            raise ValueError("need clip > 0 and epochs >= 1")
-        super().__init__(space, seed, lr=lr, **options)
-        self.clip = clip
-        self.epochs_per_update = epochs
-
-    def options(self) -> dict[str, Any]:
-        return {**super().options(), "clip": self.clip, "epochs": self.epochs_per_update}
+    def __init__(self, space: SearchSpace, seed: int, **options: Any) -> None:
+        super().__init__(space, seed, **options)
+        assert isinstance(self.opts, PPOOptions)
+        self.clip = self.opts.clip
+        self.epochs_per_update = self.opts.epochs
 
     def _loss(
         self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor
@@ -52,4 +55,4 @@ class PPOStrategy(PolicyGradientStrategy):
         return -torch.min(ratio * advantage, clipped * advantage).mean()
 
 
-__all__ = ["PPOStrategy"]
+__all__ = ["PPOOptions", "PPOStrategy"]

@@ -3,9 +3,9 @@
 Each child is a Ray task with ``num_cpus=cpus_per_child`` and ``num_gpus=gpus_per_child``
 (fractions let several small children share one GPU). A task whose worker process or node
 dies is retried by Ray up to ``max_retries`` times, then reported as failed; an exception in
-the child is not retried (the evaluator already turns it into a failed outcome). The dataset of
-the ``train`` evaluator is put into the object store once and handed to every task by
-reference. The driver stays the only writer of the experiment store: tasks only return
+the child is not retried (the evaluator already turns it into a failed outcome). Data every
+child reads (the ``train`` evaluator's dataset) is put into the object store once and handed to
+every task by reference. The driver stays the only writer of the experiment store: tasks only return
 outcomes.
 """
 
@@ -15,9 +15,35 @@ import contextlib
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from nasnet.executors import Executor, TrialFn, TrialResult, call_safely
+from nasnet.executors.base import (
+    Executor,
+    ThreadOptions,
+    TrialFn,
+    TrialResult,
+    call_safely,
+    default_fn,
+)
+from nasnet.options import check_at_least, check_finite, option
+from nasnet.trials import TrialOutcome
+
+
+@dataclass
+class RayOptions(ThreadOptions):
+    address: str | None = option(
+        None, "auto or HOST:PORT of a running cluster (none: start a local instance)"
+    )
+    cpus_per_child: float = option(1.0, "CPUs each child asks Ray for")
+    gpus_per_child: float = option(0.0, "GPUs each child asks for (0.25: four share a GPU)")
+    max_retries: int = option(3, "retries of a child whose worker process or node died")
+
+    def check(self) -> None:
+        super().check()
+        check_finite(self, "cpus_per_child", 0, low_open=True)
+        check_finite(self, "gpus_per_child", 0)
+        check_at_least(self, "max_retries", 0)
 
 
 def _ray():
@@ -30,22 +56,18 @@ def _ray():
     return ray
 
 
-def _run_child(
-    fn: TrialFn | None, fn_args: dict[str, Any], threads: int | None, dataset: Any
-) -> dict[str, Any]:
+def _run_child(fn: TrialFn | None, task: Any, threads: int | None, shared: Any) -> dict[str, Any]:
     """Body of one Ray task: run the trial and say where and when it ran."""
     started = time.time()
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    if dataset is not None:
-        from nasnet.evaluators import register_dataset
+    if shared is not None:
+        from nasnet.evaluators import evaluator_for
 
-        register_dataset(fn_args, dataset)
-    if fn is None:
-        from nasnet.evaluators import run_trial as fn
-    outcome = call_safely(fn, fn_args)
+        evaluator_for(task).use_shared_data(shared)
+    outcome = call_safely(fn or default_fn(), task)
     worker = f"ray:{socket.gethostname()}:{os.getpid()}"
     return {"outcome": outcome, "worker": worker, "started": started, "finished": time.time()}
 
@@ -59,9 +81,13 @@ class RayExecutor(Executor):
         threads: torch threads per child (default 1).
         address: ``None`` starts a local Ray instance sized to this machine; ``"auto"`` or
             ``"HOST:PORT"`` joins a running cluster (``ray start --head``).
-        cpus_per_child, gpus_per_child: Ray resource requests of each child.
+        cpus_per_child, gpus_per_child: Ray resource requests of each child. A child given a
+            GPU sees it through ``CUDA_VISIBLE_DEVICES``: with the child's ``device`` at
+            ``auto`` (the search default) it trains there.
         max_retries: retries of a child whose worker process or node died.
     """
+
+    Options = RayOptions
 
     def __init__(
         self,
@@ -95,22 +121,25 @@ class RayExecutor(Executor):
             retry_exceptions=False,
         )
         self._pending: dict[Any, tuple[int, float]] = {}  # ObjectRef -> (trial id, submitted)
-        self._dataset_refs: dict[tuple, Any] = {}
+        self._shared_refs: dict[tuple, Any] = {}
 
-    def submit(self, trial_id: int, fn_args: dict[str, Any]) -> None:
-        ref = self._task.remote(self.fn, fn_args, self.threads, self._dataset_ref(fn_args))
+    def submit(self, trial_id: int, task: Any) -> None:
+        ref = self._task.remote(self.fn, task, self.threads, self._shared_ref(task))
         self._pending[ref] = (trial_id, time.time())
 
-    def _dataset_ref(self, fn_args: dict[str, Any]):
-        """The object-store reference of the child's dataset, put there on first use."""
-        from nasnet.evaluators import dataset_key, load_trial_dataset
+    def _shared_ref(self, task: Any):
+        """The object-store reference of the data the child reads, put there on first use."""
+        from nasnet.evaluators import Task, evaluator_for
 
-        key = dataset_key(fn_args)
+        if not isinstance(task, Task):
+            return None
+        evaluator = evaluator_for(task)
+        key = evaluator.shared_data_key()
         if key is None:
             return None
-        if key not in self._dataset_refs:
-            self._dataset_refs[key] = self._ray.put(load_trial_dataset(fn_args))
-        return self._dataset_refs[key]
+        if key not in self._shared_refs:
+            self._shared_refs[key] = self._ray.put(evaluator.load_shared_data())
+        return self._shared_refs[key]
 
     def next_result(self, timeout: float | None = None) -> TrialResult | None:
         if not self._pending:
@@ -126,7 +155,7 @@ class RayExecutor(Executor):
             record = self._ray.get(ref)
         except Exception as err:  # worker or node lost after every retry, or cancelled
             reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            outcome = {"status": "failed", "error": f"ray: {type(err).__name__}: {reason}"}
+            outcome = TrialOutcome.failed(f"ray: {type(err).__name__}: {reason}")
             return TrialResult(trial_id, outcome, "ray", submitted, time.time())
         return TrialResult(
             trial_id, record["outcome"], record["worker"], record["started"], record["finished"]
@@ -144,8 +173,11 @@ class RayExecutor(Executor):
                 with contextlib.suppress(Exception):  # finished meanwhile, or worker gone
                     self._ray.cancel(ref)
         self._pending.clear()
-        self._dataset_refs.clear()
+        self._shared_refs.clear()
 
     @property
     def running(self) -> int:
         return len(self._pending)
+
+
+__all__ = ["RayExecutor", "RayOptions"]

@@ -1,0 +1,113 @@
+"""The interface every evaluator implements, the cost-aware reward, and the task a worker gets.
+
+An evaluator turns one child genotype into a :class:`~nasnet.trials.TrialOutcome`. It is built
+from its own options (an ``Options`` dataclass: the cost-aware reward's target and weight, and
+whatever else it needs), the child's :class:`~nasnet.train.TrainConfig` and the search space.
+Workers receive a :class:`Task` (plain data, so it pickles and travels to other processes or
+Ray nodes) and rebuild the evaluator from it.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nasnet.options import Options, check_finite, option
+from nasnet.space import Genotype, SearchSpace
+from nasnet.train import TrainConfig
+from nasnet.trials import TrialOutcome
+
+
+@dataclass
+class RewardOptions(Options):
+    """The cost-aware reward, shared by every evaluator (off by default)."""
+
+    mult_adds_target: float | None = option(None, "cost-aware reward: mult-add budget M")
+    cost_weight: float = option(0.0, "cost-aware reward exponent w (0: off)")
+
+    def check(self) -> None:
+        check_finite(self, "mult_adds_target", 0, low_open=True)
+        check_finite(self, "cost_weight", 0)
+
+
+def cost_aware_reward(
+    accuracy: float, mult_adds: float | None, target: float | None, weight: float
+) -> float:
+    """``accuracy * min(1, target / mult_adds) ** weight``.
+
+    Children within the mult-add ``target`` keep their accuracy; a child twice over it with
+    ``weight = 0.5`` keeps ``1/sqrt(2)`` of it. With no target, no weight, or an unknown
+    cost, the reward is the accuracy.
+    """
+    if target is None or weight == 0 or not mult_adds or mult_adds <= 0:
+        return accuracy
+    return accuracy * min(1.0, target / mult_adds) ** weight
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs to evaluate one child (plain, picklable data)."""
+
+    trial_id: int
+    genotype: dict[str, Any]
+    seed: int
+    evaluator: str
+    options: dict[str, Any]
+    child: dict[str, Any]
+    space: dict[str, Any]
+
+
+class Evaluator(ABC):
+    """Scores child networks; subclasses set ``name``, ``Options`` and :meth:`measure`."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[RewardOptions]] = RewardOptions
+
+    def __init__(self, options: RewardOptions, child: TrainConfig, space: SearchSpace) -> None:
+        self.options, self.child, self.space = options, child, space
+
+    @abstractmethod
+    def measure(self, genotype: Genotype, seed: int) -> TrialOutcome | dict[str, Any]:
+        """The child's metrics (``val_accuracy`` required; ``params``, ``mult_adds``, ...), or
+        a failed outcome. An exception fails the child too (the executor records it)."""
+
+    def evaluate(self, genotype: Genotype, seed: int) -> TrialOutcome:
+        """:meth:`measure`, with the reward (cost-aware validation accuracy) validated."""
+        measured = self.measure(genotype, seed)
+        if isinstance(measured, TrialOutcome):
+            return measured
+        accuracy = measured.get("val_accuracy")
+        if not isinstance(accuracy, int | float) or not math.isfinite(accuracy):
+            return TrialOutcome.failed(f"non-finite validation accuracy: {accuracy}", measured)
+        reward = cost_aware_reward(
+            float(accuracy),
+            measured.get("mult_adds"),
+            self.options.mult_adds_target,
+            self.options.cost_weight,
+        )
+        return TrialOutcome.done(reward, measured)
+
+    def check_setup(self) -> None:  # noqa: B027 - optional hook
+        """Cheap checks in the driver before any child starts (e.g. the dataset is readable);
+        raise :class:`~nasnet.options.OptionError` or ``ValueError`` naming the problem."""
+
+    def needs_process_isolation(self) -> bool:
+        """True when children may end their process (they need a process executor)."""
+        return False
+
+    # Data loaded once in the driver and shipped to remote workers (Ray's object store).
+
+    def shared_data_key(self) -> tuple | None:
+        """A key of the data every child of this evaluator reads (None: nothing to share)."""
+        return None
+
+    def load_shared_data(self) -> Any:
+        raise NotImplementedError
+
+    def use_shared_data(self, data: Any) -> None:  # noqa: B027 - optional hook
+        """Adopt data loaded elsewhere (under :meth:`shared_data_key`)."""
+
+
+__all__ = ["Evaluator", "RewardOptions", "Task", "cost_aware_reward"]

@@ -1,0 +1,103 @@
+"""One driver per experiment: an exclusive lock on ``DIR/experiment.lock``.
+
+The lock is an operating-system file lock (``flock`` on POSIX, ``msvcrt.locking`` on
+Windows), so it is released by the kernel whenever its holder ends, SIGKILL and power loss
+included: a killed driver never leaves an experiment stuck. The file also records who holds the
+lock (pid, host, since when), so that a second driver can say which one is running.
+Readers (``nasnet show``, ``export``, ``report``) never take it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from datetime import datetime
+
+LOCK_NAME = "experiment.lock"
+
+
+class ExperimentLocked(RuntimeError):
+    """Another driver holds the experiment; the message names it and what to do."""
+
+
+class ExperimentLock:
+    """``with ExperimentLock(directory):`` holds the experiment for this process."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, LOCK_NAME)
+        self.handle = None
+
+    def acquire(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while locked
+        try:
+            _lock(handle)
+        except OSError:
+            holder = _read_holder(handle)
+            handle.close()
+            raise ExperimentLocked(
+                f"{self.directory}: another search is running on this experiment ({holder}); "
+                "wait for it to finish or stop it, then run this command again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        handle.write(json.dumps(info) + "\n")
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            _unlock(self.handle)
+            self.handle.close()
+            self.handle = None
+
+    def remove(self) -> None:
+        """Delete the (released) lock file."""
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+
+    def __enter__(self) -> ExperimentLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(handle) -> str:
+    try:
+        handle.seek(0)
+        info = json.loads(handle.read() or "{}")
+        since = datetime.fromtimestamp(float(info["since"])).strftime("%Y-%m-%d %H:%M:%S")
+        return f"pid {info['pid']} on {info['host']}, since {since}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "holder unknown"
+
+
+try:
+    import fcntl
+
+    def _lock(handle) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(handle) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+except ImportError:  # pragma: no cover - Windows
+    import msvcrt
+
+    def _lock(handle) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+
+    def _unlock(handle) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+__all__ = ["LOCK_NAME", "ExperimentLock", "ExperimentLocked"]

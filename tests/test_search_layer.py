@@ -1,0 +1,292 @@
+"""The search layer's boundaries: a strategy added in one file with its own option and run
+through the CLI, experiments of nasnet 0.1 resumed, the results module, one driver per
+experiment, no orphaned workers, SIGTERM, and the store's durability."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from nasnet.cli import main
+from nasnet.options import OptionError, Options, check_at_least, option
+from nasnet.results import leaderboard, summarize
+from nasnet.search import run_search
+from nasnet.search_config import SearchConfig
+from nasnet.space import SearchSpace
+from nasnet.store import DB_NAME, SCHEMA_VERSION, Store
+from nasnet.strategies import STRATEGIES, Proposal, Strategy
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+TOY = ["--evaluator", "toy", "--executor", "inprocess", "--quiet"]
+
+
+# --------------------------------------------------------------------------- a new strategy
+
+
+@dataclass
+class RepeatOptions(Options):
+    """The recipe of docs/architecture.md: a strategy's options are a small dataclass."""
+
+    copies: int = option(2, "how many times each cell is proposed")
+
+    def check(self) -> None:
+        check_at_least(self, "copies", 1)
+
+
+class RepeatStrategy(Strategy):
+    """Proposes each random cell ``copies`` times in a row."""
+
+    name = "repeat-test"
+    Options = RepeatOptions
+
+    def __init__(self, space: SearchSpace, seed: int, **options: Any) -> None:
+        super().__init__(space, seed, **options)
+        import random
+
+        self.rng = random.Random(seed)
+        self.current: list[int] = []
+
+    def ask(self) -> Proposal:
+        if self.asked % self.opts.copies == 0:
+            self.current = self.space.sample_actions(self.rng)
+        proposal = Proposal(self.asked, self.space.decode(self.current), list(self.current))
+        self.asked += 1
+        return proposal
+
+    def tell(self, proposal: Proposal, reward: float | None) -> bool:
+        self._count_tell(reward)
+        return False
+
+
+def test_a_strategy_with_its_own_option_runs_through_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(STRATEGIES, "repeat-test", RepeatStrategy)  # the one registry line
+    out = str(tmp_path / "exp")
+    args = ["search", "--out", out, "--strategy", "repeat-test", "--strategy-option",
+            "copies=3", "--budget", "9", "--no-reuse", *TOY]  # fmt: skip
+    assert main(args) == 0
+    summary = summarize(out)
+    assert summary["config"]["strategy_options"] == {"copies": "3"}
+    hashes = [t["hash"] for t in summary["trials"]]
+    assert len(set(hashes)) == 3 and hashes[0] == hashes[1] == hashes[2] != hashes[3]
+    capsys.readouterr()
+    bad = ["search", "--out", str(tmp_path / "bad"), "--strategy", "repeat-test",
+           "--strategy-option", "copies=0", *TOY]  # fmt: skip
+    assert main(bad) == 2
+    assert "--strategy-option copies: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert "--strategy-option for repeat-test: copies=2" in capsys.readouterr().out
+
+
+def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):
+    with pytest.raises(OptionError, match=r"^evaluator_options.delay: must be a finite number"):
+        run_search(str(tmp_path / "a"), SearchConfig(evaluator="toy", executor="inprocess",
+                                                      evaluator_options={"delay": -1}))  # fmt: skip
+    assert not os.path.exists(tmp_path / "a")  # a refused experiment leaves nothing behind
+    cases = [
+        (["--toy-delay", "-1"], "--toy-delay: must be a finite number in [0, 3600], got -1.0"),
+        (["--evaluator-option", "noise=2"], "--toy-noise: must be a finite number in [0, 1]"),
+        (["--evaluator-option", "nope=2"], "--evaluator-option nope: not an option of evaluator"),
+        (["--child-epochs", "0"], "--child-epochs: must be in [1, 1000000], got 0"),
+        (["--child-option", "stem=tiny"], "--child-option stem: must be cifar or imagenet"),
+        (["--executor-option", "threads=0"], "--threads: must be at least 1, got 0"),
+        (["--executor-option", "address=x"], "--ray-address: not an option of executor 'local'"),
+        (["--strategy", "nope"], "--strategy: unknown strategy 'nope'; choose ppo, reinforce"),
+        (["--seed", "-1"], "--seed: must be at least 0"),
+        (["--max-failures", "0"], "--max-failures: must be at least 1, got 0"),
+    ]
+    for extra, message in cases:
+        out = str(tmp_path / "b")
+        assert main(["search", "--out", out, "--evaluator", "toy", *extra, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+
+
+# --------------------------------------------------------------------------- nasnet 0.1 stores
+
+
+def test_an_experiment_of_nasnet_0_1_resumes_exactly(tmp_path):
+    """A 10-child evolution search written by nasnet 0.1 (flat config, schema 1, actions in
+    the proposal data), resumed to 16 children, equals a new 10-child search resumed to 16."""
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(os.path.join(DATA, "v1-evolution-toy.db"), old / DB_NAME)
+    before = summarize(str(old))  # read-only: readable as it is
+    assert before["finished"] == 10 and before["config"]["population"] == 4
+    assert main(["search", "--out", str(old), "--budget", "16", *TOY]) == 0
+    with Store.open(str(old), readonly=True) as store:
+        config = SearchConfig.from_dict(store.config())
+        version = store.conn.execute("SELECT version FROM schema_version").fetchone()[0]
+        resumed = [(t.id, t.hash, t.reward) for t in store.trials()]
+    assert version == SCHEMA_VERSION
+    assert config.strategy_options == {"population": 4, "sample_size": 2}
+    fresh = str(tmp_path / "fresh")
+    run_search(fresh, dataclasses.replace(config, budget=10))
+    run_search(fresh, config)
+    with Store.open(fresh, readonly=True) as store:
+        assert [(t.id, t.hash, t.reward) for t in store.trials()] == resumed
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_search_children_never_record_a_test_accuracy(tmp_path):
+    config = SearchConfig(strategy="random", evaluator="train", executor="inprocess", budget=1,
+                          workers=1)  # fmt: skip
+    config.child.dataset = "synthetic:classes=3,size=8,train=32,val=16,test=16"
+    config.child.epochs, config.child.filters = 1, 4
+    run_search(str(tmp_path), config)
+    with Store.open(str(tmp_path), readonly=True) as store:
+        (trial,) = store.trials()
+    assert trial.status == "done" and "val_accuracy" in trial.metrics
+    assert not any("test" in key for key in trial.metrics)
+    summary = summarize(str(tmp_path))
+    assert not any("test" in key for key in summary["leaderboard"][0])
+    assert leaderboard([trial])[0].id == trial.id
+
+
+# --------------------------------------------------------------------------- one driver
+
+
+def _search(out: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nasnet", "search", "--out", out, "--evaluator", "toy",
+            "--strategy", "random", "--quiet", *extra]  # fmt: skip
+
+
+def _done(out: str) -> int:
+    path = os.path.join(out, DB_NAME)
+    if not os.path.exists(path):
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials WHERE status='done'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _wait_for(predicate, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_second_driver_is_refused_and_the_first_finishes_its_budget(tmp_path):
+    out = str(tmp_path / "exp")
+    command = _search(out, "--executor", "inprocess", "--toy-delay", "0.1", "--budget", "30")
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _done(out) >= 2)
+    second = subprocess.run(_search(out, "--executor", "inprocess", "--budget", "30"),
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert second.returncode == 2
+    assert f"pid {first.pid} on " in second.stderr and "another search is running" in second.stderr
+    assert second.stderr.count("\n") == 1
+    assert main(["show", out, "--json"]) == 0  # readers are not blocked
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    summary = summarize(out)
+    assert summary["finished"] == 30 and len(summary["trials"]) == 30
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_driver_leaves_no_worker_behind(tmp_path):
+    out = str(tmp_path / "exp")
+    driver = subprocess.Popen(
+        _search(out, "--executor", "local", "--workers", "2", "--budget", "50",
+                "--child-epochs", "1", "--child-filters", "4", "--evaluator", "train"),
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: len(_children_of(driver.pid)) >= 2, 60)
+        time.sleep(3)  # the workers are training children now
+        workers = _children_of(driver.pid)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    _wait_for(lambda: not any(_alive(pid) for pid in workers), 5)
+
+
+def test_sigterm_stops_cleanly_and_leaves_no_trial_running(tmp_path):
+    out = str(tmp_path / "exp")
+    proc = subprocess.Popen(_search(out, "--executor", "local", "--workers", "2",
+                                    "--toy-delay", "0.5", "--budget", "100"),
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(lambda: _done(out) >= 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.count("\n") == 1 and "terminated" in err
+    summary = summarize(out)
+    assert summary["running"] == 0 and summary["queued"] >= 1
+    assert main(["search", "--out", out, "--budget", str(summary["finished"] + 2), *TOY]) == 0
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def test_the_main_file_holds_everything_up_to_the_last_saved_state(tmp_path):
+    """Delete the write-ahead log of a killed driver: the trials up to the last saved strategy
+    state are still there, and the search resumes."""
+    out = str(tmp_path / "exp")
+    options = ["--strategy-option", "checkpoint_every=5", "--toy-delay", "0.05",
+               "--budget", "200"]  # fmt: skip
+    proc = subprocess.Popen(_search(out, "--executor", "inprocess", *options),
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    _wait_for(lambda: _done(out) >= 12)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    with Store.open(out, readonly=True) as store:
+        saved_seq = store.last_state()[1]
+        before = {t.id: t.reward for t in store.trials("done") if t.tell_seq <= saved_seq}
+    assert len(before) >= 10
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(os.path.join(out, DB_NAME + suffix)):
+            os.remove(os.path.join(out, DB_NAME + suffix))
+    with Store.open(out, readonly=True) as store:
+        after = {t.id: t.reward for t in store.trials("done")}
+    assert {k: after.get(k) for k in before} == before
+    assert main(["search", "--out", out, "--budget", "20", *TOY]) == 0
+
+
+def test_the_store_keeps_only_recent_strategy_states(tmp_path):
+    config = SearchConfig(strategy="ppo", evaluator="toy", executor="inprocess", budget=60,
+                          strategy_options={"batch_size": 5})  # fmt: skip
+    run_search(str(tmp_path), config)
+    with Store.open(str(tmp_path), readonly=True) as store:
+        assert len(store.states()) == 2
+    assert not os.path.exists(os.path.join(str(tmp_path), DB_NAME + "-wal")) or (
+        os.path.getsize(os.path.join(str(tmp_path), DB_NAME + "-wal")) == 0
+    )
+    assert json.loads(json.dumps(summarize(str(tmp_path))))["finished"] == 60
