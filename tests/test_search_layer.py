@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from nasnet.cli import main
-from nasnet.options import OptionError, Options, check_at_least, option
+from nasnet.evaluators import EVALUATORS, Evaluator, RewardOptions
+from nasnet.executors import EXECUTORS, Executor, TrialResult, call_safely
+from nasnet.options import OptionError, Options, check_at_least, check_finite, option
 from nasnet.results import leaderboard, summarize
 from nasnet.search import run_search
 from nasnet.search_config import SearchConfig
@@ -290,3 +292,89 @@ def test_the_store_keeps_only_recent_strategy_states(tmp_path):
         os.path.getsize(os.path.join(str(tmp_path), DB_NAME + "-wal")) == 0
     )
     assert json.loads(json.dumps(summarize(str(tmp_path))))["finished"] == 60
+
+
+# --------------------------------------------------------------------------- a new evaluator
+
+
+@dataclass
+class ConstantOptions(RewardOptions):
+    value: float = option(0.5, "the accuracy every child gets")
+
+    def check(self) -> None:
+        super().check()
+        check_finite(self, "value", 0, 1)
+
+
+class ConstantEvaluator(Evaluator):
+    """Every child scores ``value``; its params count its blocks (to tell cells apart)."""
+
+    name = "constant-test"
+    Options = ConstantOptions
+
+    def measure(self, genotype, seed):
+        return {"val_accuracy": self.options.value, "params": len(genotype.normal.blocks)}
+
+
+def test_an_evaluator_with_its_own_option_runs_through_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(EVALUATORS, "constant-test", ConstantEvaluator)
+    out = str(tmp_path / "exp")
+    args = ["search", "--out", out, "--evaluator", "constant-test", "--executor", "inprocess",
+            "--evaluator-option", "value=0.25", "--budget", "4", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    summary = summarize(out)
+    assert {t["reward"] for t in summary["trials"]} == {0.25}
+    assert main([*args[:-4], "value=2", "--budget", "4", "--quiet"]) == 2
+    assert "--evaluator-option value: must be a finite number in [0, 1]" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a new executor
+
+
+@dataclass
+class ThreadPoolOptions(Options):
+    pool: int = option(2, "threads in the pool")
+
+
+class ThreadPoolExecutor(Executor):
+    """Children on threads of the driver: the executor recipe in a dozen lines."""
+
+    Options = ThreadPoolOptions
+    isolates_children = False
+
+    def __init__(self, fn=None, workers: int = 2, pool: int = 2) -> None:
+        from concurrent.futures import ThreadPoolExecutor as Pool
+
+        from nasnet.executors.base import default_fn
+
+        self.fn, self.pool, self.futures = fn or default_fn(), Pool(pool), {}
+
+    def submit(self, trial_id, task) -> None:
+        self.futures[self.pool.submit(call_safely, self.fn, task)] = (trial_id, time.time())
+
+    def next_result(self, timeout=None):
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        if not done:
+            return None
+        future = done.pop()
+        trial_id, started = self.futures.pop(future)
+        return TrialResult(trial_id, future.result(), "thread", started, time.time())
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+        self.futures.clear()
+
+    @property
+    def running(self) -> int:
+        return len(self.futures)
+
+
+def test_an_executor_with_its_own_option_runs_a_search(tmp_path, monkeypatch):
+    monkeypatch.setitem(EXECUTORS, "threads-test", ThreadPoolExecutor)
+    config = SearchConfig(strategy="random", evaluator="toy", executor="threads-test",
+                          executor_options={"pool": "3"}, workers=3, budget=9)  # fmt: skip
+    stats = run_search(str(tmp_path), config)
+    assert stats.finished == 9
+    assert {t["worker"] for t in summarize(str(tmp_path))["trials"]} == {"thread"}
