@@ -196,6 +196,9 @@ _SpecLoader = Callable[[str, "int | None", bool], "Dataset | None"]
 #: Largest image side any loader produces.
 MAX_IMAGE_SIZE = 1024
 
+#: Largest source image a folder dataset decodes (Pillow's own bomb limit is about 89 M).
+MAX_SOURCE_PIXELS = 50_000_000
+
 #: Largest synthetic dataset (bytes of uint8 pixels; the float noise needs 4x more briefly).
 MAX_SYNTHETIC_BYTES = 2 * 2**30
 
@@ -495,10 +498,14 @@ def _read_images(path: str, classes: list[str], size: int) -> tuple[torch.Tensor
         folder = os.path.join(path, name)
         if not os.path.isdir(folder):
             raise DatasetError(f"{path}: class folder {name!r} is missing (it exists in train)")
-        for file in sorted(os.listdir(folder)):
-            if file.lower().endswith(IMAGE_SUFFIXES):
-                images.append(_decode_image(os.path.join(folder, file), size))
-                labels.append(label)
+        files = [f for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_SUFFIXES)]
+        if not files:
+            raise DatasetError(
+                f"{folder}: class {name!r} has no .png/.jpg images; add some or remove the folder"
+            )
+        for file in files:
+            images.append(_decode_image(os.path.join(folder, file), size))
+            labels.append(label)
     if not images:
         raise DatasetError(f"{path}: no .png/.jpg images in the class subfolders")
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
@@ -509,8 +516,14 @@ def _decode_image(file: str, size: int) -> np.ndarray:
 
     try:
         with Image.open(file) as img:
+            if img.width * img.height > MAX_SOURCE_PIXELS:
+                raise DatasetError(
+                    f"{file}: {img.width}x{img.height} pixels, more than the limit of "
+                    f"{MAX_SOURCE_PIXELS:,}; shrink the image or remove it"
+                )
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale where possible
             rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{file}: cannot decode image ({err}); remove or replace it") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
 

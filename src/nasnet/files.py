@@ -8,6 +8,45 @@ import os
 from typing import Any
 
 
+class FileFormatError(ValueError):
+    """A file cannot be read as what it should be; the message names the file."""
+
+
+def read_json(path: str, what: str = "JSON file") -> Any:
+    """The JSON value in ``path``; :class:`FileFormatError` naming the file if it cannot be
+    read, is not UTF-8 text, is not JSON, or nests too deeply to parse."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError as err:
+        raise FileFormatError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise FileFormatError(f"{path}: not a {what} (binary data, not UTF-8 text)") from None
+    except json.JSONDecodeError as err:
+        raise FileFormatError(
+            f"{path}: not a {what} (invalid JSON at line {err.lineno}: {err.msg})"
+        ) from None
+    except RecursionError:
+        raise FileFormatError(f"{path}: not a {what} (JSON nested too deeply)") from None
+
+
+class DirectoryError(ValueError):
+    """A path that should be a writable directory is not; the message says why."""
+
+
+def ensure_directory(path: str) -> None:
+    """Create ``path`` if needed; :class:`DirectoryError` naming it if it is a file or cannot
+    be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DirectoryError(f"{path}: is a file, not a directory; choose another directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise DirectoryError(f"{path}: cannot create it ({err.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DirectoryError(f"{path}: not writable; choose another directory")
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, creating its folder if needed."""
     parent = os.path.dirname(path)
@@ -42,4 +81,13 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "DirectoryError",
+    "FileFormatError",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "ensure_directory",
+    "read_json",
+]

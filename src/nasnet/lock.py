@@ -16,6 +16,8 @@ import socket
 import time
 from datetime import datetime
 
+from nasnet.files import DirectoryError, ensure_directory
+
 LOCK_NAME = "experiment.lock"
 
 
@@ -32,8 +34,13 @@ class ExperimentLock:
         self.handle = None
 
     def acquire(self) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while locked
+        """Take the lock; :class:`ExperimentLocked` if another driver holds it,
+        :class:`~nasnet.files.DirectoryError` if the directory cannot be used."""
+        ensure_directory(self.directory)
+        try:
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while locked
+        except OSError as err:
+            raise DirectoryError(f"{self.path}: cannot open ({err.strerror})") from None
         try:
             _lock(handle)
         except OSError:

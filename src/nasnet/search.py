@@ -37,7 +37,7 @@ from nasnet.executors import Executor, TrialFn, TrialResult, make_executor
 from nasnet.lock import ExperimentLock
 from nasnet.options import OptionError
 from nasnet.search_config import SearchConfig, resolve_config, trial_seed
-from nasnet.store import Store, TrialRecord
+from nasnet.store import Store, StoreError, TrialRecord
 from nasnet.strategies import Proposal, Strategy, make_strategy
 from nasnet.strategies.base import state_digest, state_from_bytes, state_to_bytes
 from nasnet.trials import TrialOutcome, TrialStatus
@@ -157,7 +157,13 @@ class Search:
         state_id, seq = (saved[0], saved[1]) if saved else (None, 0)
         digest = None
         if saved:
-            self.strategy.load_state_dict(state_from_bytes(saved[2]))
+            try:
+                self.strategy.load_state_dict(state_from_bytes(saved[2]))
+            except Exception as err:  # any failure: the blob cannot be this strategy's state
+                raise StoreError(
+                    f"{self.store.path}: saved strategy state {state_id} is damaged "
+                    f"({type(err).__name__}); restore the experiment from a copy"
+                ) from None
             digest = state_digest(self.strategy.state_dict())
         events = self.store.events_after(seq)
         for event_seq, kind, trial in events:
@@ -165,14 +171,14 @@ class Search:
                 self._replay_ask(trial)
             else:
                 with self.store.transaction():
-                    self._tell(Proposal.from_dict(trial.proposal), trial.reward, event_seq)
+                    self._tell(_proposal_of(trial), trial.reward, event_seq)
         if saved or events:
             self.store.record_resume(state_id, digest, len(events))
         return len(events)
 
     def _replay_ask(self, trial: TrialRecord) -> None:
         proposal = self.strategy.ask()
-        if proposal.actions != Proposal.from_dict(trial.proposal).actions:
+        if proposal.actions != _proposal_of(trial).actions:
             raise SearchError(
                 f"cannot resume: the strategy no longer proposes trial {trial.id}'s cell "
                 "(was nasnet or a strategy option changed?); start a new experiment"
@@ -248,7 +254,7 @@ class Search:
 
     def _resubmit(self, pending: list[TrialRecord]) -> None:
         for trial in pending:
-            self.proposals[trial.id] = Proposal.from_dict(trial.proposal)
+            self.proposals[trial.id] = _proposal_of(trial)
             with self.store.transaction():
                 self.store.mark_running(trial.id)
             self._submit(trial.id, trial.genotype_dict(), trial.seed)
@@ -342,6 +348,16 @@ class Search:
     def _emit(self, kind: str, trial: TrialRecord | None) -> None:
         if self.on_event is not None:
             self.on_event(kind, self.stats, trial)
+
+
+def _proposal_of(trial: TrialRecord) -> Proposal:
+    try:
+        return Proposal.from_dict(trial.proposal)
+    except (KeyError, TypeError, ValueError) as err:
+        raise StoreError(
+            f"trial {trial.id}'s proposal is damaged ({type(err).__name__}: {err}); restore "
+            "the experiment from a copy or start a new one"
+        ) from None
 
 
 def run_search(

@@ -59,6 +59,8 @@ KEEP_STATES = 2
 
 STATUSES = tuple(status.value for status in TrialStatus)
 
+REQUIRED_TABLES = frozenset({"schema_version", "config", "trials", "strategy_states", "resumes"})
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS config (
@@ -158,9 +160,15 @@ _COLUMNS = (
 
 def _record(row: tuple) -> TrialRecord:
     values = list(row)
-    values[3] = TrialStatus(values[3])
-    values[5] = json.loads(values[5]) if values[5] else {}
-    values[14] = json.loads(values[14])
+    try:
+        values[3] = TrialStatus(values[3])
+        values[5] = json.loads(values[5]) if values[5] else {}
+        values[14] = json.loads(values[14])
+        if not all(isinstance(v, dict) for v in (values[5], values[14], json.loads(values[1]))):
+            raise ValueError("genotype, metrics and proposal must be JSON objects")
+    except (ValueError, TypeError) as err:
+        raise StoreError(f"trial {values[0]} is damaged ({err}); restore the experiment "
+                         "from a copy or start a new one") from None  # fmt: skip
     return TrialRecord(*values)
 
 
@@ -220,6 +228,7 @@ class Store:
         try:
             conn = _connect_readonly(path) if readonly else sqlite3.connect(path, timeout=30)
             store = cls(conn, path, readonly)
+            store._check_integrity()
             version = store._check_version()
             if not readonly:
                 _configure(conn)
@@ -245,6 +254,22 @@ class Store:
                 (json.dumps(config, sort_keys=True), time.time()),
             )
         return cls(conn, path)
+
+    def _check_integrity(self) -> None:
+        """Refuse a damaged file up front (one line) rather than failing in mid-search."""
+        problems = [row[0] for row in self.conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"{self.path}: the database is damaged ({problems[0]}); restore it from a copy "
+                "or start a new experiment"
+            )
+        names = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master")}
+        missing = sorted(REQUIRED_TABLES - names)
+        if missing:
+            raise StoreError(
+                f"{self.path}: table {missing[0]} is missing; this is not a complete nasnet "
+                "experiment (restore it from a copy or start a new one)"
+            )
 
     def _check_version(self) -> int:
         row = self.conn.execute("SELECT version FROM schema_version").fetchone()
@@ -300,7 +325,14 @@ class Store:
     # -- config -------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        return json.loads(self.conn.execute("SELECT json FROM config WHERE id = 1").fetchone()[0])
+        row = self.conn.execute("SELECT json FROM config WHERE id = 1").fetchone()
+        try:
+            config = json.loads(row[0])
+            if not isinstance(config, dict):
+                raise ValueError("not a JSON object")
+        except (TypeError, ValueError) as err:
+            raise StoreError(f"{self.path}: the saved config is damaged ({err})") from None
+        return config
 
     def set_config(self, config: dict[str, Any]) -> None:
         with self.conn:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nasnet.files import atomic_write_json
+from nasnet.files import FileFormatError, atomic_write_json, read_json
 from nasnet.space import Genotype, load_genotype
 from nasnet.train import TrainConfig, train
 
@@ -72,10 +72,9 @@ def sources_from_search(directory: str, top: int) -> list[Source]:
 def sources_from_file(path: str, top: int | None = None) -> list[Source]:
     """A genotype JSON file, or the list written by ``nasnet export`` (best first)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise TransferError(f"{path}: cannot read a genotype file ({err})") from None
+        data = read_json(path, "genotype or export file")
+    except FileFormatError as err:
+        raise TransferError(str(err)) from None
     if not isinstance(data, list):
         return [Source(load_genotype(path), origin=os.path.abspath(path))]
     sources = []

@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.output}: unsupported image format; use {', '.join(FORMATS)}")
     genotype = resolve_genotype(args.genotype)
     title = args.title or f"{args.genotype} ({genotype.canonical_hash()})"
-    draw_genotype(genotype, args.output, title)
+    try:
+        draw_genotype(genotype, args.output, title)
+    except OSError as err:
+        raise UserError(f"{args.output}: cannot write ({err.strerror or err})") from None
     print(f"wrote {args.output}")
     return 0

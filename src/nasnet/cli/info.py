@@ -8,6 +8,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from nasnet.cli import UserError
 from nasnet.counting import count_mult_adds, count_params
 from nasnet.genotypes import GENOTYPES, describe_cell, resolve_genotype
 from nasnet.network import build_network, cell_output_shapes, penultimate_filters
@@ -38,7 +39,25 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check(args: argparse.Namespace) -> None:
+    for flag, value, low, high in (("--image-size", args.image_size, 4, 8192),
+                                   ("--cells", args.cells, 1, 1000),
+                                   ("--filters", args.filters, 1, 100_000),
+                                   ("--num-classes", args.num_classes, 1, 1_000_000)):  # fmt: skip
+        if value is not None and not low <= value <= high:
+            raise UserError(f"{flag}: must be in [{low}, {high}], got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check(args)
+    try:
+        model, genotype = _build(args)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return _print(args, model, genotype)
+
+
+def _build(args: argparse.Namespace):
     with torch.device("meta"):  # shapes and counts without allocating weights
         if args.model in PRESETS:
             overrides = {} if args.image_size is None else {"image_size": args.image_size}
@@ -55,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
                 num_classes=args.num_classes or (10 if args.stem == "cifar" else 1000),
                 image_size=size,
             )
+    return model, genotype
+
+
+def _print(args: argparse.Namespace, model, genotype) -> int:
     cfg = model.config
     console = Console()
     console.print(f"[bold]{args.model}[/]  hash {genotype.canonical_hash()}")

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from nasnet.cli import UserError
 from nasnet.cli.train import OPTIONS as TRAIN_OPTIONS
+from nasnet.files import DirectoryError
 from nasnet.lock import ExperimentLocked
 from nasnet.options import OptionError, coerce
 from nasnet.results import plot_runs, report_html, run_curve, summarize
@@ -214,7 +215,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             live = console.is_terminal and not args.quiet
             with SearchDisplay(experiment.config, args.out, console, live) as display:
                 stats = Search(experiment, on_event=display.event).run()
-    except (StoreError, SearchError, ExperimentLocked) as err:
+    except (StoreError, SearchError, ExperimentLocked, DirectoryError) as err:
         raise UserError(str(err)) from None
     best = "none" if stats.best_reward is None else f"{stats.best_reward:.4f}"
     console.print(

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nasnet.cli import UserError
 from nasnet.data import DatasetError, load_dataset
+from nasnet.files import DirectoryError, ensure_directory, read_json
 from nasnet.options import OptionError
 from nasnet.space import GenotypeError
 from nasnet.train import (
@@ -116,10 +117,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     saved = os.path.join(args.out, CONFIG_FILE)
     if os.path.exists(saved):
         try:
-            with open(saved, encoding="utf-8") as fh:
-                values.update(TrainConfig.from_dict(json.load(fh)).to_dict())
+            config = TrainConfig.from_dict(read_json(saved, "training config"))
+            config.check()
         except (ValueError, TypeError) as err:
-            raise UserError(f"{saved}: not a nasnet training config ({err})") from None
+            raise UserError(f"{saved}: not a valid nasnet training config ({err})") from None
+        values.update(config.to_dict())
     values.update(training_values(args))
     flags = ("nesterov", "channels_last", "eval_test")
     values.update({n: getattr(args, n) for n in flags if getattr(args, n) is not None})
@@ -129,6 +131,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    try:
+        ensure_directory(args.out)
+    except DirectoryError as err:
+        raise UserError(str(err)) from None
     config = config_from_args(args)
     try:
         genotype = resolve_genotype(config.genotype)
