@@ -23,11 +23,8 @@ def local_ray():
 
 
 def finished_ids(directory):
-    store = Store.open(str(directory), readonly=True)
-    try:
+    with Store.open(str(directory), readonly=True) as store:
         return sorted(t.id for t in store.trials("done")), store.counts()
-    finally:
-        store.close()
 
 
 def toy_config(**overrides):
@@ -40,15 +37,13 @@ def toy_config(**overrides):
 def test_ray_toy_search_reaches_budget_and_matches_local_pool(tmp_path):
     run_search(str(tmp_path / "ray"), toy_config())
     run_search(str(tmp_path / "local"), toy_config(executor="local"))
-    stores = [Store.open(str(tmp_path / name), readonly=True) for name in ("ray", "local")]
-    try:
-        done = [{(t.hash, t.reward) for t in s.trials("done")} for s in stores]
-        assert len(stores[0].trials("done")) == 12
-        assert done[0] == done[1]  # same seed -> the same trials, whatever the order
-        assert all(t.worker.startswith("ray:") for t in stores[0].trials("done"))
-    finally:
-        for s in stores:
-            s.close()
+    done = []
+    for name in ("ray", "local"):
+        with Store.open(str(tmp_path / name), readonly=True) as store:
+            done.append(store.trials("done"))
+    assert len(done[0]) == 12
+    assert {(t.hash, t.reward) for t in done[0]} == {(t.hash, t.reward) for t in done[1]}
+    assert all(t.worker.startswith("ray:") for t in done[0])
 
 
 def test_ray_real_digits_children(tmp_path):

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from nasnet.genotypes import NASNET_A, NASNET_A_FIGURE
 from nasnet.space import (
+    MAX_BLOCKS,
     OPS,
     Block,
     Cell,
@@ -65,6 +66,7 @@ def test_nasnet_a_json_round_trips_byte_for_byte(tmp_path):
         (lambda d: d.pop("reduction"), "reduction"),
         (lambda d: d["normal"].update(concat=[1, 99]), "normal.concat"),
         (lambda d: d.update(format_version=99), "format_version"),
+        (lambda d: d["reduction"]["blocks"].extend([{}] * 60), "reduction.blocks: 65 blocks"),
     ],
 )
 def test_malformed_genotype_names_the_field(mutate, field):
@@ -84,6 +86,21 @@ def test_wrong_block_count_and_unknown_vocabulary():
         small.validate(NASNET_A)
     with pytest.raises(GenotypeError, match="unknown op"):
         SearchSpace(ops=("identity", "conv_9x9"))
+
+
+def test_blocks_per_cell_are_limited():
+    assert MAX_BLOCKS == 64
+    SearchSpace(num_blocks=MAX_BLOCKS)
+    with pytest.raises(ValueError) as err:
+        SearchSpace(num_blocks=200)
+    assert str(err.value) == "num_blocks: 200 blocks, more than the limit of 64 blocks per cell"
+    block = Block(0, 1, "identity", "conv_3x3")
+    big = Genotype(Cell((block,) * 200), NASNET_A.reduction)
+    with pytest.raises(GenotypeError) as err:
+        validate_genotype(big)
+    assert str(err.value) == "normal.blocks: 200 blocks, more than the limit of 64 blocks per cell"
+    with pytest.raises(GenotypeError, match=r"^normal\.blocks: 200 blocks, more than the limit"):
+        Genotype.from_dict(big.to_dict())
 
 
 def test_invalid_json_is_one_line(tmp_path):

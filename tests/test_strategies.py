@@ -162,11 +162,8 @@ def test_mutation_changes_one_input_or_op(seed: int, blocks: int) -> None:
 
 
 def _top10(directory: str) -> float:
-    store = Store.open(directory, readonly=True)
-    try:
+    with Store.open(directory, readonly=True) as store:
         rewards = rewards_in_finish_order(store.trials())
-    finally:
-        store.close()
     assert len(rewards) == 500
     return mean_top(rewards, 10)
 

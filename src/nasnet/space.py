@@ -7,6 +7,7 @@ h_{i-1} (the cell before it), and ``2 + k`` is the output of block ``k`` of the 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import random
 from collections.abc import Sequence
@@ -39,6 +40,16 @@ NUM_CELL_INPUTS = 2
 
 #: Decisions per block: input 1, input 2, op 1, op 2, combine.
 DECISIONS_PER_BLOCK = 5
+
+#: Upper bound on blocks per cell (B), checked by ``SearchSpace`` and genotype validation.
+#: The paper uses B = 5; 64 leaves an order of magnitude of headroom for experiments while
+#: keeping everything a cell size drives bounded: the controller emits 2 x 5B = 640 decisions
+#: (one LSTM step each), and the network builder keeps B + 2 hidden states plus each block's
+#: op activations alive for the backward pass in every cell, so memory grows linearly in B
+#: (about 13x that of a B = 5 cell at 64) and a cell's output may concatenate up to B states.
+#: The canonical hash is milliseconds up to this size. A larger B in a file is a typo or
+#: hostile input rather than an architecture.
+MAX_BLOCKS = 64
 
 
 class GenotypeError(ValueError):
@@ -126,6 +137,8 @@ class Cell:
         blocks = data.get("blocks")
         if not isinstance(blocks, list):
             raise GenotypeError(f"{where}.blocks: expected a list of blocks")
+        if len(blocks) > MAX_BLOCKS:  # before parsing them all
+            raise GenotypeError(f"{where}.blocks: {_too_many_blocks(len(blocks))}")
         concat = data.get("concat")
         if concat is not None and (
             not isinstance(concat, list)
@@ -183,13 +196,24 @@ class Genotype:
         return cls.from_dict(data)
 
     def canonical_hash(self) -> str:
-        """A hex digest equal for equivalent genotypes (see :func:`canonical_cell`)."""
-        key = json.dumps([canonical_cell(self.normal), canonical_cell(self.reduction)])
+        """A hex digest equal exactly for equivalent genotypes: canonical form v2.
+
+        Equivalences (see :func:`canonical_cell`): swapping a block's two operands, renumbering
+        blocks in an order their dependencies allow, and the order of concatenated states.
+        v2 (signature refinement plus a pruned search, milliseconds up to :data:`MAX_BLOCKS`)
+        replaces v1 (a minimum over every block order, factorial in B); the equivalence classes
+        are the same but the digests differ from v1's.
+        """
+        normal = canonical_cell(self.normal, "normal")
+        reduction = canonical_cell(self.reduction, "reduction")
+        key = json.dumps(["v2", normal, reduction])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def validate_cell(cell: Cell, where: str, ops: Sequence[str] = OPS, num_blocks: int | None = None):
     """Raise :class:`GenotypeError` naming the first invalid field of ``cell``."""
+    if len(cell.blocks) > MAX_BLOCKS:
+        raise GenotypeError(f"{where}.blocks: {_too_many_blocks(len(cell.blocks))}")
     if num_blocks is not None and len(cell.blocks) != num_blocks:
         raise GenotypeError(f"{where}.blocks: has {len(cell.blocks)} blocks, expected {num_blocks}")
     if not cell.blocks:
@@ -214,6 +238,10 @@ def validate_cell(cell: Cell, where: str, ops: Sequence[str] = OPS, num_blocks: 
             )
     if cell.concat is not None:
         _validate_concat(cell, where)
+
+
+def _too_many_blocks(count: int) -> str:
+    return f"{count} blocks, more than the limit of {MAX_BLOCKS} blocks per cell"
 
 
 def _validate_concat(cell: Cell, where: str) -> None:
@@ -244,55 +272,280 @@ def validate_genotype(
     return genotype
 
 
-def canonical_cell(cell: Cell) -> list:
-    """A canonical form of ``cell``, equal for equivalent cells.
+def canonical_cell(cell: Cell, where: str = "cell") -> list:
+    """A canonical form of ``cell``, equal exactly for equivalent cells (canonical form v2).
 
     Two cells are equivalent when one becomes the other by swapping the two operands of blocks
     and by renumbering blocks in any order their dependencies allow (block order only matters
     through data flow). Concatenation is treated as commutative because a channel permutation
     of a cell output is absorbed by the 1x1 convolution that every consumer applies first.
-    The form is the smallest serialisation over all dependency-respecting renumberings.
+    Nothing else is an equivalence: in particular two blocks with identical ops and inputs are
+    *not* interchangeable with one block read twice, because every block has its own weights
+    (which states share a producer changes the network, its parameter count and its function).
+
+    The form is the cell renumbered by a canonical labelling of its data-flow graph,
+    ``[[[[input, op], [input, op]], combine] for each block], sorted concatenated states]``,
+    with blocks in a dependency-respecting order and each block's operands sorted. It replaces
+    v1, the smallest such serialisation over *every* dependency-respecting block order, which
+    was exact but factorial in B; the equivalence classes are the same. The labelling:
+
+    1. Signature refinement (Merkle-style, in both directions): every state starts with a
+       label (its depth, which cell input it is or its combine, how often it is concatenated);
+       classes of equal labels are split by the multiset of (op, class) of their operands and
+       of their consumers until nothing splits (colour refinement, at most O(B^2 log B) and
+       near-linear for real cells). Operands are compared as a multiset, so operand order does
+       not matter; labels start with the depth, so every labelling is a topological order.
+       Almost every cell ends here with every state in its own class: that is its labelling.
+    2. Classes that remain are look-alike blocks whose signatures are equal but whose sharing
+       differs. Each member of the first such class is tried as the first one
+       (individualisation), refinement runs again, and the smallest resulting form wins. A
+       branch that is the image of an explored one under a symmetry of the cell is skipped
+       (twin blocks, with literally the same inputs and consumers, and symmetries found when
+       two branches give the same form), so even 64 look-alike blocks take milliseconds.
+       (An exact form is as hard as graph isomorphism in general, since a cell of twin blocks
+       and blocks reading two of them can encode any graph, so this step has no polynomial
+       bound in theory; it only runs for look-alike blocks and :data:`MAX_BLOCKS` bounds it.)
+
+    Cells over :data:`MAX_BLOCKS` are refused (:class:`GenotypeError`), as validation does.
     """
-    n = len(cell.blocks)
-    outputs = set(cell.output_states())
-    best: list | None = None
-    for order in _topological_orders(cell):
-        new_index = {i: i for i in range(NUM_CELL_INPUTS)}
-        new_index.update(
-            {NUM_CELL_INPUTS + old: NUM_CELL_INPUTS + new for new, old in enumerate(order)}
+    if len(cell.blocks) > MAX_BLOCKS:
+        raise GenotypeError(f"{where}.blocks: {_too_many_blocks(len(cell.blocks))}")
+    n = NUM_CELL_INPUTS + len(cell.blocks)
+    ins: list[tuple[tuple[str, int], ...]] = [()] * NUM_CELL_INPUTS
+    outs: list[list[tuple[str, int]]] = [[] for _ in range(n)]
+    for k, b in enumerate(cell.blocks):
+        v = NUM_CELL_INPUTS + k
+        ins.append(((b.op_1, b.input_1), (b.op_2, b.input_2)))
+        for op, u in ins[v]:
+            if not 0 <= u < n or u == v:
+                raise GenotypeError(
+                    f"{where}.blocks[{k}]: input state {u} is out of range 0..{n - 1}"
+                )
+            outs[u].append((op, v))
+    depth = _depths(ins, n, where)
+    concat_count = [0] * n
+    for i in cell.output_states():
+        if not 0 <= i < n:
+            raise GenotypeError(f"{where}.concat: state {i} is out of range 0..{n - 1}")
+        concat_count[i] += 1
+    labels = [
+        (
+            depth[v],
+            v if v < NUM_CELL_INPUTS else NUM_CELL_INPUTS,
+            _combine(cell, v),
+            concat_count[v],
         )
-        blocks = []
-        for old in order:
-            b = cell.blocks[old]
-            operands = sorted([[new_index[b.input_1], b.op_1], [new_index[b.input_2], b.op_2]])
-            blocks.append([operands, b.combine])
-        form = [blocks, sorted(new_index[i] for i in outputs)]
-        if best is None or form < best:
-            best = form
-    assert best is not None and len(best[0]) == n
-    return best
-
-
-def _topological_orders(cell: Cell):
-    """Every order of the blocks in which each block comes after the blocks it reads."""
-    deps = [
-        {i - NUM_CELL_INPUTS for i in (b.input_1, b.input_2) if i >= NUM_CELL_INPUTS}
-        for b in cell.blocks
+        for v in range(n)
     ]
+    twin_keys = [(labels[v], tuple(sorted(ins[v])), tuple(sorted(outs[v]))) for v in range(n)]
+    search = _LabellingSearch(cell, ins, outs, _ranks(twin_keys), concat_count)
+    search.run(*search.root(labels), [])
+    assert search.best is not None
+    return search.best[0]
 
-    def extend(order: list[int], placed: set[int]):
-        if len(order) == len(deps):
-            yield tuple(order)
-            return
-        for k in range(len(deps)):
-            if k not in placed and deps[k] <= placed:
-                order.append(k)
-                placed.add(k)
-                yield from extend(order, placed)
-                placed.remove(k)
-                order.pop()
 
-    yield from extend([], set())
+def _combine(cell: Cell, state: int) -> str:
+    return "" if state < NUM_CELL_INPUTS else cell.blocks[state - NUM_CELL_INPUTS].combine
+
+
+def _depths(ins: list[tuple[tuple[str, int], ...]], n: int, where: str) -> list[int]:
+    """Longest path from a cell input to each state (Kahn's algorithm; rejects cycles)."""
+    waiting = [len({u for _, u in ins[v]}) for v in range(n)]
+    readers: list[set[int]] = [set() for _ in range(n)]
+    for v in range(n):
+        for _, u in ins[v]:
+            readers[u].add(v)
+    depth = [0] * n
+    ready = [v for v in range(n) if not waiting[v]]
+    done = 0
+    while ready:
+        u = ready.pop()
+        done += 1
+        for v in readers[u]:
+            depth[v] = max(depth[v], depth[u] + 1)
+            waiting[v] -= 1
+            if not waiting[v]:
+                ready.append(v)
+    if done != n:
+        raise GenotypeError(
+            f"{where}.blocks: the inputs form a cycle; a block may only read earlier states"
+        )
+    return depth
+
+
+def _ranks(keys: Sequence) -> list[int]:
+    """Replace each key by its rank among the distinct keys (0, 1, ...)."""
+    index = {key: r for r, key in enumerate(sorted(set(keys)))}
+    return [index[key] for key in keys]
+
+
+class _LabellingSearch:
+    """Individualisation-refinement search for the smallest form (see :func:`canonical_cell`).
+
+    A labelling is an ordered partition of the states: ``colours[v]`` is the position where
+    v's class starts and ``cells`` maps each start to the class's states. Positions come only
+    from isomorphism-invariant data (labels, ops, directions), so the search trees of two
+    equivalent cells are the same up to renaming and the result, the smallest leaf form, is
+    canonical. Pruning only skips subtrees that are images of explored ones under an
+    automorphism of the cell, which have the same leaf forms.
+    """
+
+    def __init__(self, cell, ins, outs, twins, concat_count) -> None:
+        self.cell = cell
+        self.ins = ins
+        self.outs = outs
+        self.n = len(ins)
+        self.twins = twins  # equal value: same inputs, consumers, combine (swapping is free)
+        self.concat_count = concat_count
+        self.first: tuple[list[int], list[int], list] | None = None  # path, colours, form
+        self.best: tuple[list, list[int]] | None = None  # form, colours
+        self.automorphisms: list[list[int]] = []
+
+    def root(self, labels: list) -> tuple[list[int], dict[int, list[int]]]:
+        """The coarsest stable partition that orders states by their labels."""
+        colours = [0] * self.n
+        cells: dict[int, list[int]] = {}
+        start = 0
+        for label in sorted(set(labels)):
+            members = [v for v in range(self.n) if labels[v] == label]
+            cells[start] = members
+            for v in members:
+                colours[v] = start
+            start += len(members)
+        self.refine(colours, cells, list(cells))
+        return colours, cells
+
+    def refine(self, colours: list[int], cells: dict[int, list[int]], queue: list[int]) -> None:
+        """Split classes (in place) by their operand and consumer edges into each class in
+        ``queue``, and into every class that splits off, until stable (colour refinement)."""
+        heapq.heapify(queue)
+        queued = set(queue)
+        while queue and len(cells) < self.n:
+            start = heapq.heappop(queue)
+            queued.discard(start)
+            splitter = cells[start]
+            edges: dict[int, list[tuple[int, str]]] = {}
+            for w in splitter:
+                for op, x in self.outs[w]:  # x reads w
+                    edges.setdefault(x, []).append((0, op))
+                for op, x in self.ins[w]:  # w reads x
+                    edges.setdefault(x, []).append((1, op))
+            for touched in sorted({colours[x] for x in edges}):
+                members = cells[touched]
+                if len(members) == 1:
+                    continue
+                groups: dict[tuple, list[int]] = {}
+                for x in members:
+                    groups.setdefault(tuple(sorted(edges.get(x, ()))), []).append(x)
+                if len(groups) == 1:
+                    continue
+                position = touched  # the fragments, in key order, take the class's positions
+                for key in sorted(groups):
+                    fragment = groups[key]
+                    cells[position] = fragment
+                    for x in fragment:
+                        colours[x] = position
+                    if position not in queued:
+                        heapq.heappush(queue, position)
+                        queued.add(position)
+                    position += len(fragment)
+
+    def run(self, colours: list[int], cells: dict[int, list[int]], path: list[int]) -> int | None:
+        """Explore below ``path``; returns a depth to jump back to, or None."""
+        target = min((s for s, members in cells.items() if len(members) > 1), default=None)
+        if target is None:
+            return self.leaf(colours, path)
+        explored: list[int] = []
+        orbits = _Orbits(cells[target])
+        for v in sorted(cells[target]):
+            if explored and self.redundant(v, explored, path, orbits):
+                continue
+            explored.append(v)
+            # v first, the rest of its class after it; the old partition was stable, so
+            # splitting by {v} alone is enough to make the new one stable
+            child_colours, child_cells = list(colours), dict(cells)
+            rest = [x for x in cells[target] if x != v]
+            child_cells[target], child_cells[target + 1] = [v], rest
+            for x in rest:
+                child_colours[x] = target + 1
+            self.refine(child_colours, child_cells, [target])
+            jump = self.run(child_colours, child_cells, [*path, v])
+            if jump is not None and jump < len(path):
+                return jump
+        return None
+
+    def redundant(self, v: int, explored: list[int], path: list[int], orbits: _Orbits) -> bool:
+        """Is ``v`` the image of an explored sibling under an automorphism fixing ``path``?"""
+        if any(self.twins[u] == self.twins[v] for u in explored):
+            return True  # swapping two twins is an automorphism that fixes everything else
+        for gamma in self.automorphisms[orbits.seen :]:
+            if all(gamma[p] == p for p in path):
+                orbits.join(gamma)
+        orbits.seen = len(self.automorphisms)
+        return any(orbits.find(u) == orbits.find(v) for u in explored)
+
+    def leaf(self, colours: list[int], path: list[int]) -> int | None:
+        form = self.form(colours)
+        if self.first is None or self.best is None:
+            self.first = (path, colours, form)
+            self.best = (form, colours)
+            return None
+        first_path, first_colours, first_form = self.first
+        if form == first_form:
+            self.automorphisms.append(self.mapping(first_colours, colours))
+            # the subtree where this path leaves the first path mirrors the first one: skip it
+            common = 0
+            while first_path[common] == path[common]:
+                common += 1
+            return common
+        if form == self.best[0]:
+            self.automorphisms.append(self.mapping(self.best[1], colours))
+        elif form < self.best[0]:
+            self.best = (form, colours)
+        return None
+
+    def mapping(self, colours_from: list[int], colours_to: list[int]) -> list[int]:
+        """The automorphism taking the state labelled ``c`` in one leaf to the other's."""
+        at = [0] * self.n
+        for v, c in enumerate(colours_to):
+            at[c] = v
+        return [at[c] for c in colours_from]
+
+    def form(self, labels: list[int]) -> list:
+        """The cell renumbered by a discrete labelling (a topological order)."""
+        at = [0] * self.n
+        for v, c in enumerate(labels):
+            at[c] = v
+        blocks = []
+        for c in range(NUM_CELL_INPUTS, self.n):
+            v = at[c]
+            operands = sorted([[labels[u], op] for op, u in self.ins[v]])
+            blocks.append([operands, self.cell.blocks[v - NUM_CELL_INPUTS].combine])
+        outputs = sorted(labels[v] for v in range(self.n) for _ in range(self.concat_count[v]))
+        return [blocks, outputs]
+
+
+class _Orbits:
+    """Union-find of one class's states under the automorphisms seen so far (``seen``).
+
+    An automorphism that fixes the search path maps the class onto itself.
+    """
+
+    def __init__(self, members: list[int]) -> None:
+        self.members = members
+        self.parent = {v: v for v in members}
+        self.seen = 0
+
+    def find(self, v: int) -> int:
+        parent = self.parent
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    def join(self, gamma: list[int]) -> None:
+        for v in self.members:
+            self.parent[self.find(v)] = self.find(gamma[v])
 
 
 @dataclass(frozen=True)
@@ -314,6 +567,8 @@ class SearchSpace:
         object.__setattr__(self, "combines", tuple(self.combines))
         if self.num_blocks < 1:
             raise GenotypeError(f"num_blocks: must be at least 1, got {self.num_blocks}")
+        if self.num_blocks > MAX_BLOCKS:
+            raise GenotypeError(f"num_blocks: {_too_many_blocks(self.num_blocks)}")
         if not self.ops:
             raise GenotypeError("ops: the vocabulary needs at least one op")
         for op in self.ops:
@@ -412,15 +667,12 @@ class SearchSpace:
 
 def load_genotype(path: str) -> Genotype:
     """Read a genotype JSON file; errors name the file and the field."""
+    from nasnet.files import FileFormatError, read_json
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as err:
-        raise GenotypeError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise GenotypeError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from None
+        data = read_json(path, "genotype file")
+    except FileFormatError as err:
+        raise GenotypeError(str(err)) from None
     if isinstance(data, dict) and "genotype" in data and "normal" not in data:
         data = data["genotype"]  # a run's config.json or an exported entry
     try:
@@ -432,6 +684,7 @@ def load_genotype(path: str) -> Genotype:
 __all__ = [
     "COMBINES",
     "FORMAT_VERSION",
+    "MAX_BLOCKS",
     "OPS",
     "Block",
     "Cell",
