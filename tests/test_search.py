@@ -239,7 +239,7 @@ class FlakyEvaluator(ToyEvaluator):
 
     calls: ClassVar[list[int]] = []
 
-    def measure(self, genotype, seed):
+    def measure(self, genotype, seed, context):
         self.calls.append(seed)
         if len(self.calls) == 1:
             raise ValueError("bad cell")

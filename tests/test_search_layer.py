@@ -312,7 +312,7 @@ class ConstantEvaluator(Evaluator):
     name = "constant-test"
     Options = ConstantOptions
 
-    def measure(self, genotype, seed):
+    def measure(self, genotype, seed, context):
         return {"val_accuracy": self.options.value, "params": len(genotype.normal.blocks)}
 
 
@@ -378,3 +378,61 @@ def test_an_executor_with_its_own_option_runs_a_search(tmp_path, monkeypatch):
     stats = run_search(str(tmp_path), config)
     assert stats.finished == 9
     assert {t["worker"] for t in summarize(str(tmp_path))["trials"]} == {"thread"}
+
+
+# --------------------------------------------------------------------------- early stopping
+
+TINY = "synthetic:classes=4,size=8,train=64,val=32,test=16"
+
+
+def test_quantile_and_stopping_thresholds():
+    from nasnet.evaluators.train import TrainEvaluator, TrainOptions, quantile
+    from nasnet.train import TrainConfig
+
+    assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0 and quantile([1.0, 2.0], 0.25) == 1.25
+    options = TrainOptions.parse({"stop_quantile": 0.5, "stop_after": 2, "stop_min_peers": 2})
+    evaluator = TrainEvaluator(options, TrainConfig(epochs=4), SearchSpace())
+    curves = [{"val_curve": [0.1, 0.2, 0.3, 0.4]}, {"val_curve": [0.3, 0.5]}, {"val_curve": [0.2]}]
+    # epoch 1: before stop_after; epoch 2: median of 0.2, 0.5; epoch 3: one peer only
+    assert evaluator.task_context(curves) == {"stop_thresholds": [None, 0.35, None]}
+    assert TrainEvaluator(TrainOptions(), TrainConfig(), SearchSpace()).task_context(curves) == {}
+    with pytest.raises(OptionError, match="stop_quantile: must be below 1"):
+        TrainOptions.parse({"stop_quantile": 1})
+
+
+def _early_stopping_config(budget: int) -> SearchConfig:
+    stopping = {"stop_quantile": 0.5, "stop_min_peers": 2}
+    config = SearchConfig(strategy="random", evaluator="train", executor="inprocess",
+                          budget=budget, workers=2, seed=7, evaluator_options=stopping)  # fmt: skip
+    config.child.dataset, config.child.epochs = TINY, 3
+    config.child.cells, config.child.filters, config.child.device = 1, 4, "cpu"
+    return config
+
+
+def test_early_stopping_stops_children_and_resumes_exactly(tmp_path, capsys):
+    reference = str(tmp_path / "reference")
+    run_search(reference, _early_stopping_config(10))
+    summary = summarize(reference)
+    stopped = [t for t in summary["trials"] if t["stopped_early"]]
+    assert summary["finished"] == 10 and 1 <= summary["stopped_early"] == len(stopped) < 10
+    assert all(t["epochs_done"] < 3 and t["reward"] == t["val_accuracy"] for t in stopped)
+    assert all(t["epochs_done"] == 3 for t in summary["trials"][:2])  # no peers yet
+    resumed = str(tmp_path / "resumed")
+
+    def interrupt(kind, stats, trial) -> None:
+        if kind == "done" and stats.finished_this_session == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(resumed, _early_stopping_config(10), on_event=interrupt)
+    run_search(resumed, _early_stopping_config(10))
+    again = summarize(resumed)
+    assert [(t["hash"], t["reward"], t["epochs_done"]) for t in again["trials"]] == [
+        (t["hash"], t["reward"], t["epochs_done"]) for t in summary["trials"]
+    ]
+    capsys.readouterr()
+    assert main(["show", reference]) == 0
+    assert f"({summary['stopped_early']} stopped early)" in capsys.readouterr().out
+    page = tmp_path / "report.html"
+    assert main(["report", reference, "-o", str(page)]) == 0
+    assert "<th>stopped early</th>" in page.read_text()

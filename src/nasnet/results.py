@@ -90,6 +90,7 @@ def summarize(directory: str, top: int = 10) -> dict[str, Any]:
         "strategy": config.get("strategy"),
         "budget": config.get("budget"),
         "finished": counts["done"],
+        "stopped_early": sum(bool(t.metrics.get("stopped_early")) for t in trials),
         "failed": counts["failed"],
         "running": counts["running"],
         "queued": counts["queued"],
@@ -114,6 +115,7 @@ class RunCurve:
     strategy: str | None
     rewards: list[float]
     failed: int
+    stopped_early: int
     best: TrialRecord | None
 
 
@@ -122,8 +124,10 @@ def run_curve(directory: str) -> RunCurve:
         config, trials, counts = store.config(), store.trials(), store.counts()
     name = os.path.basename(os.path.normpath(directory)) or directory
     strategy = config.get("strategy")
+    stopped = sum(bool(t.metrics.get("stopped_early")) for t in trials)
+    best = next(iter(leaderboard(trials, 1)), None)
     return RunCurve(directory, f"{name} ({strategy})", strategy, rewards_in_finish_order(trials),
-                    counts["failed"], next(iter(leaderboard(trials, 1)), None))  # fmt: skip
+                    counts["failed"], stopped, best)  # fmt: skip
 
 
 def plot_runs(runs: list[RunCurve], window: int) -> bytes:
@@ -164,13 +168,13 @@ def report_html(runs: list[RunCurve], png: bytes) -> str:
         rewards = run.rewards
         cells = [
             html.escape(run.directory), html.escape(str(run.strategy)), str(len(rewards)),
-            str(run.failed), _num(max(rewards) if rewards else None),
+            str(run.stopped_early), str(run.failed), _num(max(rewards) if rewards else None),
             _num(mean_top(rewards, 5)), _num(mean_top(rewards, 10)),
             _num(sum(rewards) / len(rewards) if rewards else None),
         ]  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = ("experiment", "strategy", "finished", "failed", "best", "mean top-5", "mean top-10",
-            "mean")  # fmt: skip
+    head = ("experiment", "strategy", "finished", "stopped early", "failed", "best", "mean top-5",
+            "mean top-10", "mean")  # fmt: skip
     image = base64.b64encode(png).decode("ascii")
     cells = "".join(_best_cell_html(run) for run in runs if run.best is not None)
     return (

@@ -143,9 +143,12 @@ class Search:
         self.strategy: Strategy = make_strategy(
             config.strategy, self.space, config.seed, **config.strategy_options
         )
+        self.evaluator = config.build_evaluator()
         self.executor = executor
         self.fn = fn
         self.proposals: dict[int, Proposal] = {}
+        #: ``(tell_seq, metrics)`` of the done trials, in tell order (for task contexts).
+        self.told_metrics: list[tuple[int, dict[str, Any]]] = []
         self.seq = self.store.next_seq()
         self.stats = SearchStats(budget=config.budget, resumed=experiment.resumed)
 
@@ -211,6 +214,8 @@ class Search:
         for trial in self.store.trials(TrialStatus.DONE):
             if stats.best_reward is None or (trial.reward or 0) > stats.best_reward:
                 stats.best_reward, stats.best_trial = trial.reward, trial.id
+            self.told_metrics.append((trial.tell_seq or 0, trial.metrics))
+        self.told_metrics.sort(key=lambda item: item[0])
         try:
             self._emit("start", None)
             pending = self._unfinished()
@@ -257,7 +262,7 @@ class Search:
             self.proposals[trial.id] = _proposal_of(trial)
             with self.store.transaction():
                 self.store.mark_running(trial.id)
-            self._submit(trial.id, trial.genotype_dict(), trial.seed)
+            self._submit(trial.id, trial.genotype_dict(), trial.seed, trial.ask_seq)
 
     def _loop(self) -> None:
         config, stats = self.config, self.stats
@@ -289,25 +294,28 @@ class Search:
         seed = trial_seed(self.config.seed, trial_id)
         genotype_hash = proposal.genotype.canonical_hash()
         cached = self.store.done_by_hash(genotype_hash) if self.config.reuse else None
+        ask_seq = self._next_seq()
         with self.store.transaction():
-            self.store.add_trial(trial_id, proposal.genotype, proposal.to_dict(), seed,
-                                 self._next_seq(), genotype_hash)  # fmt: skip
+            self.store.add_trial(trial_id, proposal.genotype, proposal.to_dict(), seed, ask_seq,
+                                 genotype_hash)  # fmt: skip
             if cached is None:
                 self.store.mark_running(trial_id)
                 self.proposals[trial_id] = proposal
         if cached is None:
-            self._submit(trial_id, proposal.genotype.to_dict(), seed)
+            self._submit(trial_id, proposal.genotype.to_dict(), seed, ask_seq)
             return
         now = time.time()
         outcome = TrialOutcome.done(cached.reward, cached.metrics)
         self._record(trial_id, proposal, outcome, "reused", now, now, reused_from=cached.id)
 
-    def _submit(self, trial_id: int, genotype: dict[str, Any], seed: int) -> None:
+    def _submit(self, trial_id: int, genotype: dict[str, Any], seed: int, ask_seq: int) -> None:
         assert self.executor is not None
         config = self.config
+        finished = [metrics for seq, metrics in self.told_metrics if seq < ask_seq]
         task = Task(trial_id=trial_id, genotype=genotype, seed=seed, evaluator=config.evaluator,
                     options=config.evaluator_options, child=config.child.to_dict(),
-                    space=self.space.to_dict())  # fmt: skip
+                    space=self.space.to_dict(),
+                    context=self.evaluator.task_context(finished))  # fmt: skip
         self.executor.submit(trial_id, task)
         self.stats.running = self.executor.running
         self._emit("submit", None)
@@ -337,6 +345,7 @@ class Search:
             self.store.checkpoint()
         if outcome.ok:
             self.stats.note_done(trial_id, float(outcome.reward or 0.0))
+            self.told_metrics.append((seq, outcome.metrics))
         else:
             self.stats.failed += 1
             self.stats.last_error = outcome.error

@@ -139,6 +139,8 @@ class TrialRecord:
             "status": self.status.value,
             "reward": self.reward,
             "val_accuracy": self.metrics.get("val_accuracy"),
+            "stopped_early": bool(self.metrics.get("stopped_early")),
+            "epochs_done": self.metrics.get("epochs_done"),
             "params": self.params,
             "mult_adds": self.mult_adds,
             "seed": self.seed,

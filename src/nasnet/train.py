@@ -41,6 +41,9 @@ from nasnet.space import Genotype
 #: Called with one event dict: ``kind`` is ``start``, ``step`` or ``epoch``.
 ProgressFn = Callable[[dict], None]
 
+#: ``stop(epoch, val_accuracy) -> bool``: end training after this epoch (early stopping).
+StopRule = Callable[[int, float], bool]
+
 #: Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"threads", "eval_test", "eval_batch_size"})
 
@@ -289,16 +292,20 @@ class ChildTrainer:
 
     # -- training -----------------------------------------------------------------------------
 
-    def execute(self) -> dict:
+    def execute(self, stop: StopRule | None = None) -> dict:
+        """Train the remaining epochs (fewer if ``stop`` says so after one) and evaluate."""
         self._emit(kind="start", epoch=self.epoch, epochs=self.config.epochs,
                    steps_per_epoch=self.steps_per_epoch)  # fmt: skip
-        while self.epoch < self.config.epochs:
+        stopped = False
+        while self.epoch < self.config.epochs and not stopped:
             metrics = self.train_epoch()
             if self.out_dir:
                 self.save()
             self._emit(kind="epoch", **metrics)
+            last = self.epoch == self.config.epochs
+            stopped = not last and stop is not None and stop(self.epoch, metrics["val_accuracy"])
         test = self.evaluate_split("test")[1] if self.config.eval_test else None
-        return self.result("done", "", test)
+        return {**self.result("done", "", test), "stopped_early": stopped}
 
     @property
     def seconds(self) -> float:
@@ -424,13 +431,16 @@ def train(
     out_dir: str | None = None,
     progress: ProgressFn | None = None,
     dataset: Dataset | None = None,
+    stop: StopRule | None = None,
 ) -> dict:
     """Train one child and return its result record; never raises (except KeyboardInterrupt).
 
     ``genotype`` defaults to ``config.genotype``; ``dataset`` (already loaded) skips loading
-    ``config.dataset``. The record holds ``status`` (``done`` or ``failed``), ``reason``,
-    ``val_accuracy``, ``test_accuracy`` (when ``config.eval_test``), ``loss_curve``, ``params``,
-    ``mult_adds``, ``seconds``, ``images_per_sec`` and ``epochs_done``. Without ``out_dir`` no
+    ``config.dataset``. ``stop(epoch, val_accuracy)``, called after every epoch but the last,
+    ends training early when it returns True. The record holds ``status`` (``done`` or
+    ``failed``), ``reason``, ``val_accuracy``, ``test_accuracy`` (when ``config.eval_test``),
+    ``loss_curve``, ``params``, ``mult_adds``, ``seconds``, ``images_per_sec``, ``epochs_done``
+    and ``stopped_early``. Without ``out_dir`` no
     file is read or written. The caller's global RNG states (torch, numpy, python) and torch
     thread count are restored on return, so a search loop's own sampling is not disturbed.
     """
@@ -440,7 +450,7 @@ def train(
     with preserve_global_state():
         try:
             run = _prepare(genotype, config, out_dir, progress, dataset)
-            result = run.execute()
+            result = run.execute(stop)
         except RunMismatch as err:  # another run's directory: leave its files alone
             return _failed_result(None, str(err), started)
         except Exception as err:
@@ -541,24 +551,84 @@ def evaluate_run(out_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dic
 
 
 def _load_run(out_dir: str) -> tuple[TrainConfig, Genotype, dict]:
+    """The config, genotype and checkpoint of the run in ``out_dir``, checked: a damaged,
+    foreign or mismatched file is a one-line ``ValueError`` naming it (never a traceback)."""
+    from nasnet.network import NASNet, NetworkConfig
+    from nasnet.pretrained import WeightFileError, read_torch_file, state_dict_mismatch
+
     config_path = os.path.join(out_dir, CONFIG_FILE)
     checkpoint = os.path.join(out_dir, CHECKPOINT_FILE)
     for path in (config_path, checkpoint):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found; is {out_dir} a 'nasnet train' output?")
-    with open(config_path, encoding="utf-8") as fh:
-        config = TrainConfig.from_dict(json.load(fh))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return config, resolve_genotype(config.genotype), state
+    retrain = "restore the run's files or train it again"
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        if not isinstance(saved, dict):
+            raise ValueError(f"holds a JSON {type(saved).__name__}, not an object")
+        config = TrainConfig.from_dict(saved)
+        config.check()
+        genotype = resolve_genotype(config.genotype)
+    except OptionError as err:
+        raise ValueError(f"{config_path}: {err.field}: {err.problem}; {retrain}") from None
+    except (OSError, ValueError, TypeError, RecursionError) as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise ValueError(
+            f"{config_path}: not a nasnet training config ({reason}); {retrain}"
+        ) from None
+
+    what = "a nasnet training checkpoint"
+    state = read_torch_file(checkpoint, what, retrain)
+    entries = {"model": dict, "epoch": int}
+    for key, kind in entries.items():
+        if not isinstance(state, dict) or not isinstance(state.get(key), kind):
+            raise WeightFileError(f"{checkpoint}: has no {key!r} entry, not {what}; {retrain}")
+    assert isinstance(state, dict)
+    if state.get("network") is None:
+        return config, genotype, state  # an older checkpoint: nothing to check it against
+    try:
+        network = NetworkConfig(**state["network"])
+    except TypeError:
+        raise WeightFileError(f"{checkpoint}: 'network' is damaged; {retrain}") from None
+    differ = [
+        f"{name} {getattr(network, name)!r} there, {getattr(config, name)!r} in {CONFIG_FILE}"
+        for name in ("stem", "cells", "filters", "auxiliary")
+        if getattr(network, name) != getattr(config, name)
+    ]
+    if differ:
+        raise WeightFileError(
+            f"{checkpoint}: belongs to another run ({'; '.join(differ)}); {retrain}"
+        )
+    try:
+        with torch.device("meta"):
+            expected = NASNet(genotype, network).state_dict()
+    except (ValueError, TypeError) as err:
+        raise WeightFileError(f"{checkpoint}: 'network' is unusable ({err}); {retrain}") from None
+    for key in ("model", "ema"):
+        weights = state.get(key)
+        problem = None if weights is None else state_dict_mismatch(expected, weights)
+        if problem:
+            raise WeightFileError(
+                f"{checkpoint}: the weights do not fit the run's network ({problem}); {retrain}"
+            )
+    return config, genotype, state
 
 
 def load_model(out_dir: str) -> nn.Module:
-    """The network trained in ``out_dir`` (its EMA weights when it kept them), in eval mode."""
+    """The network trained in ``out_dir`` (its EMA weights when it kept them), in eval mode.
+
+    Raises ``FileNotFoundError`` when ``out_dir`` holds no run, ``ValueError`` naming the file
+    for a damaged or foreign one.
+    """
     from nasnet.network import NASNet, NetworkConfig
 
     _, genotype, state = _load_run(out_dir)
-    if "network" not in state:
-        raise ValueError(f"{out_dir}: the checkpoint does not record its network; retrain it")
+    if state.get("network") is None:
+        raise ValueError(
+            f"{os.path.join(out_dir, CHECKPOINT_FILE)}: does not record its network "
+            "(an older nasnet wrote it); train the run again"
+        )
     model = NASNet(genotype, NetworkConfig(**state["network"]))
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     return model.eval()

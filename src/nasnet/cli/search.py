@@ -52,6 +52,7 @@ SHORTHANDS: dict[str, tuple[str, type, str]] = {
     "--entropy-weight": ("strategy_options.entropy_weight", float, "ppo/reinforce: entropy bonus"),
     "--population": ("strategy_options.population", int, "evolution: population size P"),
     "--sample-size": ("strategy_options.sample_size", int, "evolution: tournament sample S"),
+    "--stop-quantile": ("evaluator_options.stop_quantile", float, "train: early stopping quantile"),
     "--mult-adds-target": ("evaluator_options.mult_adds_target", float, "cost-aware: mult-adds M"),
     "--cost-weight": ("evaluator_options.cost_weight", float, "cost-aware reward exponent w"),
     "--toy-delay": ("evaluator_options.delay", float, "toy: seconds of sleep per child"),
@@ -335,9 +336,10 @@ def run_show(args: argparse.Namespace) -> int:
             "cells: op(input state), + add, | concat; states 0 = h_i, 1 = h_i-1, 2+ blocks"
         )
         console.print("\n".join(lines), highlight=False, soft_wrap=True)
+    stopped = f" ({summary['stopped_early']} stopped early)" if summary["stopped_early"] else ""
     console.print(
-        f"finished {summary['finished']} / {summary['budget']}, failed {summary['failed']}, "
-        f"running {summary['running']}, queued {summary['queued']}; "
+        f"finished {summary['finished']} / {summary['budget']}{stopped}, failed "
+        f"{summary['failed']}, running {summary['running']}, queued {summary['queued']}; "
         f"best reward {_num(summary['best_reward'])}"
     )
     for transfer in summary["transfers"]:

@@ -68,7 +68,7 @@ def evaluator_for(task: Task) -> Evaluator:
 def run_trial(task: Task) -> TrialOutcome:
     """Evaluate one child."""
     genotype = Genotype.from_dict(task.genotype)
-    return evaluator_for(task).evaluate(genotype, int(task.seed))
+    return evaluator_for(task).evaluate(genotype, int(task.seed), task.context)
 
 
 __all__ = [

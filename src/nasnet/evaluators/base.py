@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from nasnet.options import Options, check_finite, option
@@ -57,6 +57,8 @@ class Task:
     options: dict[str, Any]
     child: dict[str, Any]
     space: dict[str, Any]
+    #: What the evaluator derived from earlier results (:meth:`Evaluator.task_context`).
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 class Evaluator(ABC):
@@ -69,13 +71,24 @@ class Evaluator(ABC):
         self.options, self.child, self.space = options, child, space
 
     @abstractmethod
-    def measure(self, genotype: Genotype, seed: int) -> TrialOutcome | dict[str, Any]:
+    def measure(
+        self, genotype: Genotype, seed: int, context: dict[str, Any]
+    ) -> TrialOutcome | dict[str, Any]:
         """The child's metrics (``val_accuracy`` required; ``params``, ``mult_adds``, ...), or
-        a failed outcome. An exception fails the child too (the executor records it)."""
+        a failed outcome. An exception fails the child too (the executor records it).
+        ``context`` is what :meth:`task_context` gave for this child."""
 
-    def evaluate(self, genotype: Genotype, seed: int) -> TrialOutcome:
+    def task_context(self, finished: list[dict[str, Any]]) -> dict[str, Any]:
+        """Data a child needs from the results told before it was proposed (``finished``: their
+        metrics, in the order they were told), computed in the driver. The set of those
+        results is fixed by the experiment's event log, so a resumed child gets the same."""
+        return {}
+
+    def evaluate(
+        self, genotype: Genotype, seed: int, context: dict[str, Any] | None = None
+    ) -> TrialOutcome:
         """:meth:`measure`, with the reward (cost-aware validation accuracy) validated."""
-        measured = self.measure(genotype, seed)
+        measured = self.measure(genotype, seed, context or {})
         if isinstance(measured, TrialOutcome):
             return measured
         accuracy = measured.get("val_accuracy")

@@ -142,7 +142,7 @@ class ToyEvaluator(Evaluator):
     def needs_process_isolation(self) -> bool:
         return self.options.crash_rate > 0
 
-    def measure(self, genotype: Genotype, seed: int) -> dict[str, Any]:
+    def measure(self, genotype: Genotype, seed: int, context: dict[str, Any]) -> dict[str, Any]:
         options = self.options
         assert isinstance(options, ToyOptions)
         key = f"{genotype.canonical_hash()}:{seed}"
