@@ -5,7 +5,7 @@ import torch
 
 import nasnet
 from nasnet.cli import main
-from nasnet.export import check_export, export_model
+from nasnet.export import ExportCheck, check_export, export_model, verify_export
 from nasnet.space import SearchSpace
 
 
@@ -82,3 +82,34 @@ def test_export_a_trained_run(tmp_path, capsys):
     out = tmp_path / "run.pt"
     assert main(["export-model", run, "--format", "torchscript", "-o", str(out)]) == 0
     assert ": ok" in capsys.readouterr().out
+
+
+def test_verify_export_reports_diff_tolerance_and_ok(tmp_path):
+    model = calibrated(nasnet.build_network(nasnet.NASNET_A, cells=1, filters=8), 32)
+    path = str(tmp_path / "child.pt")
+    export_model(model, path, "torchscript", 32)
+    check = verify_export(model, path, "torchscript", 32)
+    assert isinstance(check, ExportCheck) and check.ok and check.batch_sizes == (1, 3)
+    assert check.max_diff == check_export(model, path, "torchscript", 32) <= check.tolerance
+    assert check.tolerance >= 1e-4
+    with torch.no_grad():
+        model.classifier.bias += 1.0  # the model moves away from its export
+    check = verify_export(model, path, "torchscript", 32)
+    assert not check.ok and check.max_diff > check.tolerance >= 1e-4
+    with pytest.raises(ValueError, match="format"):
+        verify_export(model, path, "tflite", 32)
+
+
+def test_export_model_cli_refuses_a_mismatch(tmp_path, capsys, monkeypatch):
+    import nasnet.cli.export as cli_export
+
+    def broken(model, path, fmt, size):
+        return ExportCheck(max_diff=1.0, tolerance=1e-4, ok=False, batch_sizes=(1, 3))
+
+    monkeypatch.setattr(cli_export, "verify_export", broken)
+    out = tmp_path / "cifar.pt"
+    argv = ["export-model", "nasnet_a_cifar", "--format", "torchscript", "-o", str(out)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert ": MISMATCH" in captured.out
+    assert captured.err.strip().count("\n") == 0 and "1.00e+00" in captured.err

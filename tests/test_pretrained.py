@@ -86,12 +86,49 @@ def test_import_weights_cli_round_trip(tmp_path):
     torch.save(source.state_dict(), path)
     out = tmp_path / "mobile_nasnet.pt"
     from nasnet.cli import main
-    from nasnet.cli.export import load_imported
+    from nasnet.pretrained import load_imported
 
     assert main(["import-weights", str(path), "--from", "cadene", "-o", str(out)]) == 0
     model = load_imported(str(out))
     assert model.num_classes == 1001
     assert_same_logits(source, model.eval(), 224)
+
+
+def test_load_pretrained_is_top_level_as_the_readme_shows():
+    """``nasnet.load_pretrained(model, state_dict, source="timm"|"cadene")``."""
+    cadene = oracles.cadene_module("nasnet_mobile")
+    state_dict = cadene.NASNetAMobile(num_classes=1000).state_dict()  # (logits: tests above)
+    assert "load_pretrained" in nasnet.__all__ and nasnet.load_pretrained is load_pretrained
+    model = nasnet.create_model("nasnet_a_mobile")
+    assert nasnet.load_pretrained(model, state_dict, source="cadene") is model
+    assert model.config.pool_padding == "tf"
+    assert torch.equal(model.classifier.weight, state_dict["last_linear.weight"])
+    model = nasnet.create_model("nasnet_a_mobile")  # timm uses the same names
+    nasnet.load_pretrained(model, state_dict, source="timm")
+    assert model.config.pool_padding == "timm"
+
+
+def test_imported_weight_file_round_trip(tmp_path):
+    from nasnet.pretrained import classifier_rows, infer_preset, load_imported, save_imported
+
+    with torch.device("meta"):
+        large = nasnet.create_model("nasnet_a_large")
+    assert infer_preset({k: 0 for k in _port_names(large)}) == "nasnet_a_large"
+    assert classifier_rows({"last_linear.weight": torch.zeros(1001, 4)}) == 1001
+    assert classifier_rows({}) == 1000
+    model = nasnet.create_model("nasnet_a_mobile", num_classes=7, pool_padding="timm").eval()
+    path = save_imported(model, "nasnet_a_mobile", str(tmp_path / "mobile.pt"))
+    loaded = load_imported(path, "nasnet_a_mobile")
+    assert loaded.num_classes == 7 and loaded.config == model.config
+    saved = model.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())
+
+
+def _port_names(model):
+    """Cell prefixes in the ports' naming for a model with 2 stem cells (ImageNet stem)."""
+    n = model.config.cells
+    names = ["cell_stem_0.x", "cell_stem_1.x", "reduction_cell_0.x", "reduction_cell_1.x"]
+    return names + [f"cell_{i}.x" for i in range(3 * n)]
 
 
 def test_wrong_checkpoint_is_reported():

@@ -184,20 +184,22 @@ def _wait_for(predicate, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_a_second_driver_is_refused_and_the_first_finishes_its_budget(tmp_path):
+def test_a_second_driver_is_refused_and_the_first_finishes_its_budget(tmp_path, capsys):
     out = str(tmp_path / "exp")
-    command = _search(out, "--executor", "inprocess", "--toy-delay", "0.1", "--budget", "30")
+    command = _search(out, "--executor", "inprocess", "--toy-delay", "0.2", "--budget", "40")
     first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _done(out) >= 2)
-    second = subprocess.run(_search(out, "--executor", "inprocess", "--budget", "30"),
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert second.returncode == 2
-    assert f"pid {first.pid} on " in second.stderr and "another search is running" in second.stderr
-    assert second.stderr.count("\n") == 1
+    capsys.readouterr()
+    second = main(["search", "--out", out, "--budget", "40", *TOY])
+    err = capsys.readouterr().err
+    assert first.poll() is None, "the first driver ended too soon for this test"
+    assert second == 2
+    assert f"pid {first.pid} on " in err and "another search is running" in err
+    assert err.count("\n") == 1
     assert main(["show", out, "--json"]) == 0  # readers are not blocked
     assert first.wait(timeout=120) == 0, first.stderr.read()
     summary = summarize(out)
-    assert summary["finished"] == 30 and len(summary["trials"]) == 30
+    assert summary["finished"] == 40 and len(summary["trials"]) == 40
 
 
 def _children_of(pid: int) -> list[int]:

@@ -3,6 +3,7 @@
 from nasnet.counting import count_mult_adds, count_params
 from nasnet.genotypes import GENOTYPES, NASNET_A
 from nasnet.network import NASNet, NetworkConfig, build_network
+from nasnet.pretrained import load_pretrained
 from nasnet.registry import create_model, list_models
 from nasnet.space import (
     COMBINES,
@@ -35,4 +36,5 @@ __all__ = [
     "create_model",
     "list_models",
     "load_genotype",
+    "load_pretrained",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -21,11 +22,12 @@ def count_params(model: nn.Module, include_aux: bool = False) -> int:
 def count_mult_adds(model: nn.Module, input_size: Sequence[int] | int) -> int:
     """Multiply-adds of the convolution and linear layers for one image.
 
-    ``input_size`` is ``(C, H, W)`` or an image side (3 channels assumed). Pools, BN and
-    activations are not counted, as in the paper's tables.
+    ``input_size`` is an image side (``224``: 3 channels assumed), ``(C, H, W)`` or
+    ``(N, C, H, W)``; the count is always per image (as for ``N = 1``), whatever ``N`` is. Pools,
+    BN and activations are not counted, as in the paper's tables. Any other ``input_size`` is a
+    :class:`ValueError`.
     """
-    if isinstance(input_size, int):
-        input_size = (3, input_size, input_size)
+    channels, height, width = image_shape(input_size)
     total = 0
 
     def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
@@ -49,9 +51,40 @@ def count_mult_adds(model: nn.Module, input_size: Sequence[int] | int) -> int:
     try:
         param = next(model.parameters())
         with torch.no_grad():
-            model(torch.zeros(1, *input_size, dtype=param.dtype, device=param.device))
+            model(torch.zeros(1, channels, height, width, dtype=param.dtype, device=param.device))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
     return total
+
+
+def image_shape(input_size: Sequence[int] | int) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one image from a side, ``(C, H, W)`` or ``(N, C, H, W)``; a one-line
+    :class:`ValueError` for anything else."""
+    dims = _whole_numbers(input_size)
+    if dims is None or len(dims) not in (1, 3, 4) or min(dims) <= 0:
+        raise ValueError(
+            "input_size: expected an image side (e.g. 224), (C, H, W) or (N, C, H, W) of "
+            f"positive whole numbers, got {input_size!r}"
+        )
+    if len(dims) == 1:
+        return 3, dims[0], dims[0]
+    return dims[-3], dims[-2], dims[-1]
+
+
+def _whole_numbers(value: object) -> list[int] | None:
+    """``[value]`` for one whole number, the list of a sequence of them, else None."""
+    if isinstance(value, bool | str | bytes):
+        return None
+    try:
+        return [operator.index(value)]
+    except TypeError:
+        pass
+    try:
+        items = list(value)  # type: ignore[call-overload]
+        if any(isinstance(v, bool) for v in items):
+            return None
+        return [operator.index(v) for v in items]
+    except TypeError:
+        return None

@@ -1,12 +1,14 @@
 """Export a network to ONNX or TorchScript and check the export against the PyTorch model.
 
 Exports take normalized images of a fixed spatial size (the padding of strided ops is
-resolved for it) and a dynamic batch size.
+resolved for it) and a dynamic batch size. :func:`verify_export` compares an export with the
+model and holds the difference to ``1e-4 x max(1, |logits|)``.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,6 +50,7 @@ def export_torchscript(model: nn.Module, path: str, image_size: int) -> str:
 
 
 def export_model(model: nn.Module, path: str, fmt: str, image_size: int) -> str:
+    """Write ``model`` to ``path`` as ``fmt`` (``onnx`` or ``torchscript``)."""
     if fmt not in FORMATS:
         raise ValueError(f"format: unknown {fmt!r}; choose onnx or torchscript")
     if fmt == "onnx":
@@ -55,11 +58,45 @@ def export_model(model: nn.Module, path: str, fmt: str, image_size: int) -> str:
     return export_torchscript(model, path, image_size)
 
 
-@torch.no_grad()
+#: An export passes when max |difference| <= RELATIVE_TOLERANCE x max(1, max |logits|).
+RELATIVE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """The outcome of :func:`verify_export`: the largest |difference| between the export and
+    the model, the tolerance it is held to, and whether it is within it."""
+
+    max_diff: float
+    tolerance: float
+    ok: bool
+    batch_sizes: tuple[int, ...]
+
+
 def check_export(
     model: nn.Module, path: str, fmt: str, image_size: int, batch_sizes=(1, 3), seed: int = 0
 ) -> float:
     """Max |difference| between the export and ``model`` over inputs of several batch sizes."""
+    return _compare(model, path, fmt, image_size, batch_sizes, seed)[0]
+
+
+def verify_export(
+    model: nn.Module, path: str, fmt: str, image_size: int, batch_sizes=(1, 3), seed: int = 0
+) -> ExportCheck:
+    """Compare the export at ``path`` with ``model`` on seeded random inputs of each batch
+    size; the tolerance is ``1e-4 x max(1, max |logits|)`` over those same inputs."""
+    diff, scale = _compare(model, path, fmt, image_size, batch_sizes, seed)
+    tolerance = RELATIVE_TOLERANCE * max(1.0, scale)
+    return ExportCheck(diff, tolerance, diff <= tolerance, tuple(batch_sizes))
+
+
+@torch.no_grad()
+def _compare(
+    model: nn.Module, path: str, fmt: str, image_size: int, batch_sizes, seed: int
+) -> tuple[float, float]:
+    """(max |export - model|, max |model logits|) over one input per batch size."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format: unknown {fmt!r}; choose onnx or torchscript")
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
     if fmt == "onnx":
@@ -75,8 +112,10 @@ def check_export(
         def run(x):
             return loaded(x)
 
-    worst = 0.0
+    worst = scale = 0.0
     for batch in batch_sizes:
         x = _example(model, image_size, batch).normal_(generator=generator)
-        worst = max(worst, float((run(x) - model(x)).abs().max()))
-    return worst
+        logits = model(x)
+        worst = max(worst, float((run(x) - logits).abs().max()))
+        scale = max(scale, float(logits.abs().max()))
+    return worst, scale

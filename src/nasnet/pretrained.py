@@ -6,11 +6,21 @@ scheme (``conv0``, ``cell_stem_K``, ``cell_K``, ``reduction_cell_K``; per cell `
 the classifier ``last_linear``). Block ``K``'s
 left op is our ``ops.{2K}``, its right op ``ops.{2K+1}``. Nothing is downloaded: pass a
 state_dict you have on disk.
+
+Files: :func:`import_weights` reads a port's checkpoint and returns the preset it fits
+(:func:`infer_preset`) with the weights loaded; :func:`save_imported` / :func:`load_imported`
+write and read the converted file (``{"model": preset, "config": ..., "state_dict": ...}``,
+what ``nasnet import-weights`` writes). Every file is read by :func:`read_torch_file`:
+tensors and plain containers only (nothing in a file is ever run), and a damaged or foreign
+file is a one-line :class:`WeightFileError` naming it and the fix.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 import re
+import warnings
 
 import torch
 
@@ -34,6 +44,10 @@ _SEPARABLE = {
 
 class WeightMappingError(ValueError):
     """A state_dict does not fit the model it is loaded into."""
+
+
+class PresetInferenceError(WeightMappingError):
+    """The preset a state_dict fits cannot be told from its number of cells."""
 
 
 def map_state_dict(model: NASNet, state_dict: dict, source: str = "timm") -> dict:
@@ -146,11 +160,232 @@ def load_pretrained(
     return model
 
 
+def import_weights(
+    path: str, source: str, name: str | None = None, num_classes: int | None = None
+) -> tuple[str, NASNet]:
+    """Read a timm or Cadene NASNet-A checkpoint from ``path`` and load it into the preset
+    ``name`` (default: :func:`infer_preset`) with ``num_classes`` (default: the checkpoint's).
+
+    Returns ``(name, model)``. Raises :class:`WeightFileError` when ``path`` is not a readable
+    state_dict and :class:`WeightMappingError` (naming ``path``) when it does not fit.
+    """
+    from nasnet.registry import create_model
+
+    data = read_torch_file(path, _STATE_DICT, _STATE_DICT_FIX)
+    if _is_imported(data):
+        raise WeightFileError(
+            f"{path}: is already converted (written by 'nasnet import-weights'); "
+            "use it as it is (load_imported)"
+        )
+    state_dict = _state_dict_in(data, path)
+    try:
+        name = name or infer_preset(state_dict)
+        model = create_model(name, num_classes=num_classes or classifier_rows(state_dict))
+        load_pretrained(model, state_dict, source)
+    except WeightMappingError as err:
+        raise type(err)(f"{path}: {err}") from None
+    return name, model
+
+
+def infer_preset(state_dict: dict) -> str:
+    """``nasnet_a_large`` (22 cells) or ``nasnet_a_mobile`` (16) from a port's state_dict."""
+    cells = {k.split(".")[0] for k in state_dict if k.startswith(("cell_", "reduction_cell_"))}
+    by_count = {22: "nasnet_a_large", 16: "nasnet_a_mobile"}
+    if not cells:
+        raise WeightMappingError(
+            "no NASNet-A cells (cell_K, reduction_cell_K): not a timm or Cadene NASNet-A state_dict"
+        )
+    if len(cells) not in by_count:
+        raise PresetInferenceError(
+            f"found {len(cells)} cells, not 22 (nasnet_a_large) or 16 (nasnet_a_mobile); "
+            "name the target preset"
+        )
+    return by_count[len(cells)]
+
+
+def classifier_rows(state_dict: dict) -> int:
+    """Rows of a port's classifier (1000 or 1001), 1000 when it has none."""
+    for key in ("last_linear.weight", "classifier.weight"):
+        value = state_dict.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
+            return int(value.shape[0])
+    return 1000
+
+
+# --------------------------------------------------------------------------- weight files
+
+
+class WeightFileError(ValueError):
+    """A weights or checkpoint file cannot be used; the message names the file and the fix."""
+
+
+_STATE_DICT = "a PyTorch state_dict (.pth / .pt)"
+_STATE_DICT_FIX = "pass the timm or Cadene NASNet-A checkpoint as saved by torch.save"
+_IMPORTED = "a weights file written by 'nasnet import-weights'"
+_IMPORTED_FIX = "convert the published checkpoint with 'nasnet import-weights' and use its output"
+
+
+def read_torch_file(path: str, expected: str, fix: str) -> object:
+    """``torch.load(path)`` on the CPU with ``weights_only=True``: only tensors and plain
+    containers are unpickled, nothing in the file is ever run.
+
+    Any failure (missing, a directory, empty, text, truncated, damaged, foreign or unsafe
+    pickles) is a one-line :class:`WeightFileError` naming ``path``, what it should be
+    (``expected``) and the ``fix``; torch's own advice (such as reloading with
+    ``weights_only=False``) never reaches the message.
+    """
+    problem = _plainly_not_torch(path)
+    if problem is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "GLOBAL" in str(err):  # a class or function to import: refused, not run
+                problem = "holds Python objects besides tensors (refused; nothing was run)"
+            elif _is_plain_pickle(path):
+                problem = "is a plain Python pickle (refused; nothing was run)"
+            else:
+                problem = "is damaged or not a PyTorch file"
+        except MemoryError:
+            problem = "is damaged (it claims more memory than there is)"
+        except Exception as err:
+            truncated = isinstance(err, EOFError) or "central directory" in str(err)
+            problem = "is truncated" if truncated else "is damaged or not a PyTorch file"
+    if problem == "not found":
+        raise WeightFileError(f"{path}: not found; {fix}")
+    raise WeightFileError(f"{path}: {problem}, not {expected}; {fix}")
+
+
+def _plainly_not_torch(path: str) -> str | None:
+    """Why ``path`` is plainly no PyTorch file (missing, a directory, empty, JSON or text),
+    or None when only loading it will tell."""
+    if os.path.isdir(path):
+        return "is a directory"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if not head:
+        return "is empty"
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # a zip archive (torch.save) or a pickle
+        return None
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == 4096:
+        text = text[:-4]  # a character cut at the end of the sample
+    if "\ufffd" in text or not all(c.isprintable() or c in "\t\r\n\f" for c in text):
+        return None
+    return "is a JSON file" if text.lstrip()[:1] in ("{", "[") else "is a text file"
+
+
+def _is_plain_pickle(path: str) -> bool:
+    """A pickle that is not PyTorch's legacy format (which starts with a pickled magic
+    number: protocol 2, LONG1 of 10 bytes)."""
+    with open(path, "rb") as fh:
+        head = fh.read(3)
+    return head[:1] == b"\x80" and head != b"\x80\x02\x8a"
+
+
 def load_state_dict_file(path: str) -> dict:
-    """Read a ``.pth`` / ``.pt`` state_dict (or a checkpoint dict holding one) from disk."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+    """Read a ``.pth`` / ``.pt`` state_dict (or a checkpoint dict holding one under
+    ``state_dict``) from disk: tensors and plain containers only, nothing is run.
+
+    :class:`WeightFileError` naming ``path`` when it is not a readable state_dict.
+    """
+    return _state_dict_in(read_torch_file(path, _STATE_DICT, _STATE_DICT_FIX), path)
+
+
+def _state_dict_in(data: object, path: str) -> dict:
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise WeightMappingError(f"{path}: not a state_dict")
+    if not isinstance(data, dict) or not data:
+        kind = "an empty dict" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise WeightFileError(f"{path}: holds {kind}, not {_STATE_DICT}; {_STATE_DICT_FIX}")
+    for key, value in data.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise WeightFileError(
+                f"{path}: entry {key!r} holds a {type(value).__name__}, not a tensor: "
+                f"not {_STATE_DICT}; {_STATE_DICT_FIX}"
+            )
     return data
+
+
+def save_imported(model: NASNet, name: str, path: str) -> str:
+    """Save ``model`` (built from the preset ``name``) as ``nasnet import-weights`` does:
+    ``{"model": name, "config": model.config.to_dict(), "state_dict": ...}``."""
+    from nasnet.files import atomic_torch_save
+
+    data = {"model": name, "config": model.config.to_dict(), "state_dict": model.state_dict()}
+    atomic_torch_save(data, path)
+    return path
+
+
+def load_imported(path: str, name: str | None = None) -> NASNet:
+    """Rebuild the model saved by :func:`save_imported` / ``nasnet import-weights``.
+
+    With ``name``, the file must hold that preset's weights. :class:`WeightFileError` naming
+    ``path`` for anything else.
+    """
+    from nasnet.registry import PRESETS, create_model
+
+    if os.path.isfile(os.path.join(path, "checkpoint.pt")):
+        raise WeightFileError(
+            f"{path}: is a training run, not {_IMPORTED}; export the run itself, or pass a "
+            "file written by 'nasnet import-weights'"
+        )
+    data = read_torch_file(path, _IMPORTED, _IMPORTED_FIX)
+    if not _is_imported(data):
+        raise WeightFileError(f"{path}: not {_IMPORTED}; {_IMPORTED_FIX}")
+    assert isinstance(data, dict)
+    preset, config = data["model"], data["config"]
+    if preset not in PRESETS:
+        raise WeightFileError(f"{path}: model: unknown preset {preset!r}; {_IMPORTED_FIX}")
+    if name is not None and preset != name:
+        raise WeightFileError(
+            f"{path}: holds {preset} weights, not {name}; use {preset} or convert "
+            f"{name} weights with 'nasnet import-weights'"
+        )
+    try:
+        model = create_model(
+            preset, num_classes=config["num_classes"], pool_padding=config["pool_padding"]
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise WeightFileError(f"{path}: config: unusable ({err}); {_IMPORTED_FIX}") from None
+    problem = state_dict_mismatch(model.state_dict(), data["state_dict"], ignore=("aux_head.",))
+    if problem:
+        raise WeightFileError(f"{path}: does not fit {preset} ({problem}); {_IMPORTED_FIX}")
+    model.load_state_dict(data["state_dict"], strict=False)
+    return model
+
+
+def _is_imported(data: object) -> bool:
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("model"), str)
+        and isinstance(data.get("config"), dict)
+        and isinstance(data.get("state_dict"), dict)
+    )
+
+
+def state_dict_mismatch(expected: dict, given: dict, ignore: tuple[str, ...] = ()) -> str | None:
+    """What keeps ``given`` from loading strictly where ``expected`` (a model's state_dict)
+    does: missing or unexpected keys, a wrong shape or a non-tensor; None when it fits. Keys
+    starting with a prefix in ``ignore`` may be missing."""
+    missing = [k for k in expected if k not in given and not k.startswith(ignore)]
+    unexpected = [k for k in given if k not in expected]
+    if missing or unexpected:
+        parts = [f"missing {', '.join(map(str, missing[:3]))}"] if missing else []
+        parts += [f"unexpected {', '.join(map(str, unexpected[:3]))}"] if unexpected else []
+        return "; ".join(parts)
+    for key, value in given.items():
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor"
+        if value.shape != expected[key].shape:
+            return (
+                f"{key} has shape {tuple(value.shape)} in the file, "
+                f"{tuple(expected[key].shape)} in the model"
+            )
+    return None

@@ -481,7 +481,10 @@ def _prepare(
     run = ChildTrainer(genotype, config, data, out_dir, progress)
     checkpoint = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
     if checkpoint and os.path.exists(checkpoint):
-        run.load(torch.load(checkpoint, weights_only=True))
+        from nasnet.pretrained import read_torch_file
+
+        fix = "delete it to train from scratch, or use a new output directory"
+        run.load(read_torch_file(checkpoint, "a nasnet training checkpoint", fix))
     return run
 
 
@@ -540,7 +543,13 @@ def evaluate_run(out_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dic
     data = load_dataset(config.dataset, config.image_size)
     with preserve_global_state():
         model = build_model(genotype, config, data)
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    try:
+        model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    except RuntimeError:  # e.g. a checkpoint of the same network for another class count
+        raise ValueError(
+            f"{os.path.join(out_dir, CHECKPOINT_FILE)}: the weights do not fit a network for "
+            f"{config.dataset}; restore the run's files or train it again"
+        ) from None
     augment = Augment.for_dataset(data, 0, config.channels_last)
     report: dict = {"epochs_done": state["epoch"], "dataset": config.dataset}
     for split in splits:

@@ -172,7 +172,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         report = evaluate_run(args.dir)
     except (DatasetError, ValueError, KeyError) as err:
-        raise UserError(f"{args.dir}: {err}") from None
+        message = str(err)
+        raise UserError(message if args.dir in message else f"{args.dir}: {message}") from None
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
