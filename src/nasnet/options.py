@@ -60,6 +60,15 @@ class Options:
         options.check()
         return options
 
+    @classmethod
+    def parse_within(cls, data: dict[str, Any] | None, owner: str, field: str) -> Options:
+        """:meth:`parse` for the options held in the config field ``field`` (errors name
+        ``field.option``)."""
+        try:
+            return cls.parse(data, owner)
+        except OptionError as err:
+            raise err.within(field) from None
+
     def check(self) -> None:
         """Raise :class:`OptionError` naming the first bad field."""
 

@@ -113,6 +113,13 @@ class SearchConfig:
         self.build_strategy_options()
         evaluator = self.build_evaluator()
         executor_class = self.build_executor_class()
+        # --- stateful evaluators (weight sharing): the state lives in the driver process
+        if getattr(evaluator, "stateful", False) and executor_class.isolates_children:
+            raise OptionError(
+                "executor", f"evaluator {self.evaluator!r} keeps shared weights in the search "
+                f"process; {self.executor} runs children elsewhere: use the inprocess executor"
+            )  # fmt: skip
+        # --- end stateful evaluators
         if evaluator.needs_process_isolation() and not executor_class.isolates_children:
             raise OptionError(
                 "executor", f"{self.executor} cannot run children that may crash their process; "
@@ -122,12 +129,10 @@ class SearchConfig:
     def build_strategy_options(self) -> Any:
         from nasnet.strategies import strategy_class
 
-        try:
-            return strategy_class(self.strategy).Options.parse(
-                self.strategy_options, f"strategy {self.strategy!r}"
-            )
-        except OptionError as err:
-            raise (err if err.field == "strategy" else err.within("strategy_options")) from None
+        options = strategy_class(self.strategy).Options
+        return options.parse_within(
+            self.strategy_options, f"strategy {self.strategy!r}", "strategy_options"
+        )
 
     def build_evaluator(self) -> Any:
         from nasnet.evaluators import make_evaluator
@@ -138,10 +143,8 @@ class SearchConfig:
         from nasnet.executors import executor_class
 
         cls = executor_class(self.executor)
-        try:
-            cls.Options.parse(self.executor_options, f"executor {self.executor!r}")
-        except OptionError as err:
-            raise err.within("executor_options") from None
+        cls.Options.parse_within(self.executor_options, f"executor {self.executor!r}",
+                                 "executor_options")  # fmt: skip
         return cls
 
 

@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from nasnet.evaluators.base import Evaluator, RewardOptions, Task, cost_aware_reward
+from nasnet.evaluators.shared import SharedEvaluator
 from nasnet.evaluators.toy import TOY_OP_QUALITY, ToyEvaluator, toy_cost, toy_reward, toy_target
 from nasnet.evaluators.train import TrainEvaluator
 from nasnet.options import OptionError
@@ -28,6 +29,7 @@ from nasnet.trials import TrialOutcome
 
 #: Name -> evaluator class.
 EVALUATORS: dict[str, type[Evaluator]] = {"train": TrainEvaluator, "toy": ToyEvaluator}
+EVALUATORS["shared"] = SharedEvaluator  # weight sharing (nasnet.evaluators.shared)
 
 _BUILT: dict[str, Evaluator] = {}
 
@@ -47,10 +49,7 @@ def make_evaluator(
 ) -> Evaluator:
     """Build (and check the options of) the evaluator called ``name``."""
     cls = evaluator_class(name)
-    try:
-        parsed = cls.Options.parse(options, f"evaluator {name!r}")
-    except OptionError as err:
-        raise err.within("evaluator_options") from None
+    parsed = cls.Options.parse_within(options, f"evaluator {name!r}", "evaluator_options")
     return cls(parsed, child, space)  # type: ignore[arg-type]
 
 

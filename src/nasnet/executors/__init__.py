@@ -59,10 +59,7 @@ def make_executor(
 ) -> Executor:
     """Build the executor called ``name`` with ``workers`` slots and its checked ``options``."""
     cls = executor_class(name)
-    try:
-        parsed = cls.Options.parse(options, f"executor {name!r}")
-    except OptionError as err:
-        raise err.within("executor_options") from None
+    parsed = cls.Options.parse_within(options, f"executor {name!r}", "executor_options")
     return cls(fn=fn, workers=workers, **parsed.to_dict())  # type: ignore[call-arg]
 
 

@@ -56,10 +56,11 @@ def default_fn() -> TrialFn:
     return run_trial
 
 
-def call_safely(fn: TrialFn, task: Any) -> TrialOutcome:
-    """``fn(task)`` as a validated outcome; an exception becomes a failed outcome naming it."""
+def call_safely(fn: TrialFn | None, task: Any) -> TrialOutcome:
+    """``fn(task)`` (by default :func:`nasnet.evaluators.run_trial`) as a validated outcome;
+    an exception becomes a failed outcome naming it."""
     try:
-        outcome = fn(task)
+        outcome = (fn or default_fn())(task)
     except Exception as err:
         last = traceback.extract_tb(err.__traceback__)[-1]
         where = f" (at {os.path.basename(last.filename)}:{last.lineno})" if last else ""

@@ -9,14 +9,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from nasnet.executors.base import (
-    Executor,
-    ThreadOptions,
-    TrialFn,
-    TrialResult,
-    call_safely,
-    default_fn,
-)
+from nasnet.executors.base import Executor, ThreadOptions, TrialFn, TrialResult, call_safely
 from nasnet.options import option
 from nasnet.runtime import torch_threads
 
@@ -33,7 +26,7 @@ class InProcessExecutor(Executor):
     isolates_children = False
 
     def __init__(self, fn: TrialFn | None = None, workers: int = 1, threads: int | None = None):
-        self.fn = fn or default_fn()
+        self.fn = fn
         self.threads = threads
         self.queue: deque[tuple[int, Any]] = deque()
 

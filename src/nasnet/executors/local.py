@@ -22,14 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from nasnet.executors.base import (
-    Executor,
-    ThreadOptions,
-    TrialFn,
-    TrialResult,
-    call_safely,
-    default_fn,
-)
+from nasnet.executors.base import Executor, ThreadOptions, TrialFn, TrialResult, call_safely
 from nasnet.trials import TrialOutcome
 
 #: Seconds between two checks of the worker's watchdog that its driver is alive.
@@ -65,7 +58,6 @@ def _worker_main(conn: Connection, fn: TrialFn | None, threads: int | None, pare
         import torch
 
         torch.set_num_threads(threads)
-    fn = fn or default_fn()
     while True:
         try:
             message = conn.recv()

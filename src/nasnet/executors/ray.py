@@ -18,14 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nasnet.executors.base import (
-    Executor,
-    ThreadOptions,
-    TrialFn,
-    TrialResult,
-    call_safely,
-    default_fn,
-)
+from nasnet.executors.base import Executor, ThreadOptions, TrialFn, TrialResult, call_safely
 from nasnet.options import check_at_least, check_finite, option
 from nasnet.trials import TrialOutcome
 
@@ -67,7 +60,7 @@ def _run_child(fn: TrialFn | None, task: Any, threads: int | None, shared: Any) 
         from nasnet.evaluators import evaluator_for
 
         evaluator_for(task).use_shared_data(shared)
-    outcome = call_safely(fn or default_fn(), task)
+    outcome = call_safely(fn, task)
     worker = f"ray:{socket.gethostname()}:{os.getpid()}"
     return {"outcome": outcome, "worker": worker, "started": started, "finished": time.time()}
 
