@@ -33,12 +33,21 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+# ``--src DIR`` (read before argparse runs) times another copy of the package, e.g. an older
+# checkout's ``src``, so that before/after FLOP fractions come from the same machine and run.
+sys.path.insert(
+    0,
+    sys.argv[sys.argv.index("--src") + 1]
+    if "--src" in sys.argv[:-1]
+    else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"),
+)
 
 from nasnet.counting import count_mult_adds, count_params
 from nasnet.data import make_synthetic
 from nasnet.genotypes import NASNET_A
 from nasnet.train import ChildTrainer, TrainConfig
+
+nasnet_file = sys.modules["nasnet"].__file__
 
 
 def make_trainer(channels_last: bool, batch: int, cells: int, filters: int) -> ChildTrainer:
@@ -120,6 +129,8 @@ def side_by_side(
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(threads),
                "--batch-size", str(args.batch_size), "--cells", str(args.cells),
                "--filters", str(args.filters)]  # fmt: skip
+    if args.src:
+        command += ["--src", args.src]
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
     environ = {**os.environ, **(env or {})}
     procs = [subprocess.Popen(command, env=environ, **pipes) for _ in range(processes)]
@@ -216,7 +227,8 @@ def main() -> None:
     mult_adds = count_mult_adds(probe, (3, 32, 32))
     print(f"NASNet-A child, CIFAR stem, 32x32, N={args.cells}, F={args.filters}: "
           f"{count_params(probe):,} params, {mult_adds / 1e6:.1f} M mult-adds, batch "
-          f"{args.batch_size}, torch {torch.__version__}, {threads} threads, load average "
+          f"{args.batch_size}, torch {torch.__version__}, {threads} threads, package "
+          f"{os.path.dirname(os.path.dirname(nasnet_file))}, load average "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     load = os.getloadavg()[0]
     if load > 0.5:
@@ -250,6 +262,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds per comparison")
     p.add_argument("--seconds", type=float, default=None, help="seconds per variant and round")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--src", default=None, help="folder holding the nasnet package to time")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     args = p.parse_args()
     args.only = set(args.only.split(","))

@@ -215,3 +215,11 @@ def test_bad_configuration_is_reported():
         build_network(NASNET_A, stem="mnist", cells=1, filters=4)
     with pytest.raises(TypeError, match="unknown option"):
         build_network(NASNET_A, cells=1, filters=4, colour=True)
+
+
+def test_the_op_vocabulary_and_the_op_table_name_the_same_ops():
+    """The recipe for a new op (docs/architecture.md): its name in space.OPS, its factory in
+    ops.OP_FACTORIES; one without the other fails here."""
+    from nasnet.ops import OP_FACTORIES
+
+    assert set(OPS) == set(OP_FACTORIES)

@@ -16,18 +16,38 @@ import torch
 from torch import nn
 
 from nasnet.ops import (
-    OPS,
+    OP_FACTORIES,
     UNDROPPED_OPS,
     AvgPool2dSame,
     BNConfig,
     DropPath,
     FactorizedReduction,
     ReLUConvBN,
+    after_relu,
+    fast,
+    starts_with_relu,
 )
 from nasnet.space import NUM_CELL_INPUTS, Cell, Genotype, validate_genotype
 
 STEMS = ("cifar", "imagenet")
 POOL_PADDINGS = ("tf", "timm")
+
+
+class LazyReLU:
+    """``relu(x)``, computed on the first call and then reused: NASNet applies ReLU to the
+    same tensor in several ops (every op that starts with ReLU and reads that state, and the
+    next two cells' input projections), so one shared ReLU replaces several, forward and
+    backward (autograd sums the gradients before the single ReLU backward)."""
+
+    __slots__ = ("x", "y")
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.y = x, None
+
+    def __call__(self) -> torch.Tensor:
+        if self.y is None:
+            self.y = torch.relu(self.x)
+        return self.y
 
 
 class CellModule(nn.Module):
@@ -68,7 +88,7 @@ class CellModule(nn.Module):
         for block in cell.blocks:
             for index, name in ((block.input_1, block.op_1), (block.input_2, block.op_2)):
                 stride = 2 if reduction and index < NUM_CELL_INPUTS else 1
-                self.ops.append(OPS[name](state_channels[index], channels, stride, bn))
+                self.ops.append(OP_FACTORIES[name](state_channels[index], channels, stride, bn))
                 self.drop_paths.append(nn.Identity() if name in UNDROPPED_OPS else DropPath())
             state_channels.append(channels * (2 if block.combine == "concat" else 1))
         self.output_states = cell.output_states()
@@ -81,6 +101,8 @@ class CellModule(nn.Module):
                 )
                 state_channels[index] = channels
         self.out_channels = sum(state_channels[i] for i in self.output_states)
+        self._pre_i_relu = starts_with_relu(self.pre_i)
+        self._relu_first = [starts_with_relu(op) for op in self.ops]
 
     @staticmethod
     def _prev_adjustment(c_in: int, channels: int, larger: bool, bn: BNConfig):
@@ -90,12 +112,35 @@ class CellModule(nn.Module):
             return ReLUConvBN(c_in, channels, 1, 1, bn), channels
         return nn.Identity(), c_in
 
-    def forward(self, h_i: torch.Tensor, h_prev: torch.Tensor | None) -> torch.Tensor:
-        states = [self.pre_i(h_i), self.pre_prev(h_prev if self.has_prev_prev else h_i)]
+    def forward(
+        self,
+        h_i: torch.Tensor,
+        h_prev: torch.Tensor | None,
+        relu_i: LazyReLU | None = None,
+        relu_prev: LazyReLU | None = None,
+    ) -> torch.Tensor:
+        """The cell's output from h_i and h_{i-1} (``relu_i`` / ``relu_prev``: their ReLUs,
+        computed at most once and shared with other cells reading the same tensors)."""
+        if not self.has_prev_prev:
+            h_prev, relu_prev = h_i, relu_i
+        if not fast("shared_relu"):
+            states = self._inputs_plain(h_i, h_prev)
+            relus = None
+        else:
+            states, relus = self._inputs_shared(h_i, h_prev, relu_i, relu_prev)
         for k, block in enumerate(self.cell.blocks):
-            a = self.drop_paths[2 * k](self.ops[2 * k](states[block.input_1]))
-            b = self.drop_paths[2 * k + 1](self.ops[2 * k + 1](states[block.input_2]))
+            pair = []
+            for j, index in ((2 * k, block.input_1), (2 * k + 1, block.input_2)):
+                op = self.ops[j]
+                if relus is not None and self._relu_first[j]:
+                    out = after_relu(op, relus[index]())  # one ReLU per state
+                else:
+                    out = op(states[index])
+                pair.append(self.drop_paths[j](out))
+            a, b = pair
             states.append(a + b if block.combine == "add" else torch.cat([a, b], dim=1))
+            if relus is not None:
+                relus.append(LazyReLU(states[-1]))
         outputs = []
         for index in self.output_states:
             state = states[index]
@@ -103,6 +148,21 @@ class CellModule(nn.Module):
                 state = self.out_projections[str(index)](state)
             outputs.append(state)
         return torch.cat(outputs, dim=1)
+
+    def _inputs_plain(self, h_i: torch.Tensor, h_prev: torch.Tensor) -> list[torch.Tensor]:
+        return [self.pre_i(h_i), self.pre_prev(h_prev)]
+
+    def _inputs_shared(self, h_i, h_prev, relu_i, relu_prev):
+        relu_i = relu_i if relu_i is not None else LazyReLU(h_i)
+        relu_prev = relu_prev if relu_prev is not None else LazyReLU(h_prev)
+        s0 = after_relu(self.pre_i, relu_i()) if self._pre_i_relu else self.pre_i(h_i)
+        if isinstance(self.pre_prev, nn.Identity):  # state 1 is h_{i-1} itself
+            return [s0, h_prev], [LazyReLU(s0), relu_prev]
+        if starts_with_relu(self.pre_prev):
+            s1 = after_relu(self.pre_prev, relu_prev())
+        else:
+            s1 = self.pre_prev(h_prev)
+        return [s0, s1], [LazyReLU(s0), LazyReLU(s1)]
 
     def set_drop_path_keep(self, keep_prob: float) -> None:
         for module in self.drop_paths:
@@ -137,12 +197,20 @@ class AuxHead(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return self.classifier(self.features(x))
+
+    def forward_after_relu(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` given ``relu(x)`` (the head's first layer is that ReLU)."""
+        self._check(x_relu)
+        return self.classifier(after_relu(self.features, x_relu))
+
+    def _check(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.spatial or x.shape[-2] != self.spatial:
             raise ValueError(
                 f"aux head was built for {self.spatial}x{self.spatial} maps, got "
                 f"{tuple(x.shape[-2:])}; build the network with the image_size you train at"
             )
-        return self.classifier(self.features(x))
 
 
 @dataclass(frozen=True)
@@ -287,21 +355,26 @@ class NASNet(nn.Module):
     # -- forward ------------------------------------------------------------------------------
 
     def _run_cells(self, x: torch.Tensor, last_output: int | None = None):
-        """Run the stem and cells; ``outputs[1]`` is the stem, ``outputs[2 + k]`` cell ``k``."""
+        """Run the stem and cells; ``outputs[1]`` is the stem, ``outputs[2 + k]`` cell ``k``.
+
+        Also returns each output's :class:`LazyReLU` (shared by the cells that read it, the
+        aux head and the final ReLU) and the index of the aux head's input (or ``None``)."""
         outputs: list[torch.Tensor | None] = [None, self.stem(x)]
-        aux_input = None
+        relus: list[LazyReLU | None] = [None, LazyReLU(outputs[1])]
+        aux_index = None
         for k, (cell, (i, p)) in enumerate(zip(self.cells, self._cell_inputs, strict=True)):
             if last_output is not None and len(outputs) > last_output:
                 break
-            outputs.append(cell(outputs[i], outputs[p]))
+            outputs.append(cell(outputs[i], outputs[p], relus[i], relus[p]))
+            relus.append(LazyReLU(outputs[-1]))
             if k == self._aux_after:
-                aux_input = outputs[-1]
-        return outputs, aux_input
+                aux_index = len(outputs) - 1
+        return outputs, relus, aux_index
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch -> the last cell's output after ReLU (N, num_features, H/s, W/s)."""
-        outputs, _ = self._run_cells(x)
-        return torch.relu(outputs[-1])
+        _, relus, _ = self._run_cells(x)
+        return relus[-1]()
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: tuple[int, ...] | None = None
@@ -310,11 +383,10 @@ class NASNet(nn.Module):
         shallowest first; cells past the deepest one asked for are not run."""
         indices = tuple(range(len(self.feature_info))) if indices is None else tuple(indices)
         wanted = [self._feature_outputs[i] for i in indices]
-        outputs, _ = self._run_cells(x, last_output=max(wanted))
+        outputs, relus, _ = self._run_cells(x, last_output=max(wanted))
         last = len(self._feature_outputs) - 1
         return [
-            torch.relu(outputs[o]) if i == last else outputs[o]
-            for i, o in zip(indices, wanted, strict=True)
+            relus[o]() if i == last else outputs[o] for i, o in zip(indices, wanted, strict=True)
         ]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -326,10 +398,12 @@ class NASNet(nn.Module):
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and, in training mode with an aux head, the auxiliary logits."""
-        outputs, aux_input = self._run_cells(x)
-        logits = self.forward_head(torch.relu(outputs[-1]))
-        if self.training and self.aux_head is not None and aux_input is not None:
-            return logits, self.aux_head(aux_input)
+        outputs, relus, aux_index = self._run_cells(x)
+        logits = self.forward_head(relus[-1]())
+        if self.training and self.aux_head is not None and aux_index is not None:
+            if fast("shared_relu"):  # the aux head's ReLU is the next cells' one
+                return logits, self.aux_head.forward_after_relu(relus[aux_index]())
+            return logits, self.aux_head(outputs[aux_index])
         return logits, None
 
     # -- API ----------------------------------------------------------------------------------

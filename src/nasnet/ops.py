@@ -1,10 +1,17 @@
 """The operation table and the layers NASNet cells are made of.
 
-``OPS[name](c_in, c_out, stride, bn)`` builds the module for one op of a block. Every op maps
-``c_in`` channels to ``c_out`` and follows TF-slim's conventions: ReLU -> conv -> BN ordering,
-no bias in convolutions, TensorFlow "SAME" padding (asymmetric at stride 2 on even sizes, so
-published weights fit), average pooling that ignores padded cells, separable convolutions
-applied twice.
+``OP_FACTORIES[name](c_in, c_out, stride, bn)`` builds the module for one op of a block.
+Every op maps ``c_in`` channels to ``c_out`` and follows TF-slim's conventions: ReLU -> conv ->
+BN ordering, no bias in convolutions, TensorFlow "SAME" padding (asymmetric at stride 2 on even
+sizes, so published weights fit), average pooling that ignores padded cells, separable
+convolutions applied twice.
+
+The plain formulation of each layer is kept; where a cheaper computation gives the same
+function (padding folded into the pool's own arguments, tiny depthwise maps as a dense
+per-channel product, the factorized reduction's shift as a padded strided convolution, one
+ReLU per tensor however many ops read it), it runs instead, switched by :data:`FAST_PATHS`
+(never while tracing for export). ``tests/test_speed_equivalence.py`` checks outputs and
+gradients of both against each other.
 """
 
 from __future__ import annotations
@@ -12,10 +19,40 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: Exact fast paths (same outputs and gradients up to float rounding), on by default:
+#: ``pool_ceil_mode``: asymmetric "SAME" pools use the pool's own padding + ``ceil_mode``
+#: instead of ``F.pad`` (no padded copy); ``small_depthwise``: depthwise convolutions on maps
+#: of at most a few pixels run as a dense per-channel product (oneDNN's depthwise weight
+#: gradient is slow there); ``strided_factorized``: the factorized reduction convolves the
+#: input at stride 2 (path 2: padding 1, first row/column dropped) instead of padding,
+#: shifting and subsampling copies; ``shared_relu``: a cell computes ReLU of each tensor once
+#: however many ops read it (see ``nasnet.network``); ``fused_drop_path``: DropPath scales
+#: its (N, 1, 1, 1) mask by ``1 / keep`` and multiplies once (rounding differs in the last
+#: bit from multiplying, then dividing); ``pointwise_matmul``: 1x1
+#: convolutions of small channels_last maps run as a matrix product of the (pixels, channels)
+#: view, which has less fixed cost per call than oneDNN's convolution; ``native_padding``:
+#: strided "SAME" convolutions whose padding happens to be symmetric (odd sizes) pass it to
+#: the convolution instead of padding a copy.
+FAST_PATHS: dict[str, bool] = {
+    "pool_ceil_mode": True,
+    "small_depthwise": True,
+    "strided_factorized": True,
+    "shared_relu": True,
+    "fused_drop_path": True,
+    "pointwise_matmul": True,
+    "native_padding": True,
+}
+
+
+def fast(name: str) -> bool:
+    """Whether the fast path ``name`` is on (fast paths are off while tracing for export)."""
+    return FAST_PATHS[name] and not torch.jit.is_tracing()
 
 
 @dataclass(frozen=True)
@@ -38,6 +75,23 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
+
+
+def ceil_mode_padding(size: int, kernel: int, stride: int) -> int | None:
+    """The pool padding ``p`` for which ``ceil_mode=True`` windows equal TF's "SAME" windows
+    along one axis (same starts, the end clipped to the input), or ``None`` if there is none.
+
+    TF pads ``(before, after)`` with ``after`` in ``{before, before + 1}``; PyTorch's pools
+    pad ``before`` on both sides and, with ``ceil_mode``, add a last window that starts inside
+    the input and is clipped at its end, which is where TF's extra ``after`` cell would be.
+    """
+    before, after = same_padding(size, kernel, stride)
+    if after < before or before > kernel // 2:
+        return None
+    out = -(-(size + 2 * before - kernel) // stride) + 1  # PyTorch's pooling_output_shape
+    if (out - 1) * stride >= size + before:
+        out -= 1
+    return before if out == math.ceil(size / stride) else None
 
 
 def pad_same(x: torch.Tensor, kernel, stride, dilation=1, value: float = 0.0) -> torch.Tensor:
@@ -74,11 +128,119 @@ class Conv2dSame(nn.Conv2d):
             else 0
         )
         super().__init__(c_in, c_out, kernel, stride, padding, dilation, groups, bias)
+        self._depthwise = groups == c_in == c_out and not bias
+
+        self._pointwise = self.kernel_size == (1, 1) and self._static and groups == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._pointwise:
+            return pointwise(x, self.weight, super().forward)
+        if self._depthwise and fast("small_depthwise"):
+            height, width = _spatial(x)
+            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+            out_h, out_w = math.ceil(height / sh), math.ceil(width / sw)
+            pairs = out_h * out_w * height * width
+            if pairs <= DENSE_DEPTHWISE_PAIRS[0] or (
+                pairs <= DENSE_DEPTHWISE_PAIRS[1] and min(kh, kw) > 3
+            ):
+                index = _depthwise_index(height, width, kh, kw, sh, sw, dh, dw)
+                bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
+                return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
         if not self._static:
+            if fast("native_padding"):
+                padding = _symmetric_same(x, self.kernel_size, self.stride, self.dilation)
+                if padding is not None:
+                    s, d, g = self.stride, self.dilation, self.groups
+                    return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         return super().forward(x)
+
+
+def _symmetric_same(x: torch.Tensor, kernel, stride, dilation) -> tuple[int, int] | None:
+    """(top, left) "SAME" padding if it is symmetric on both axes for ``x``, else ``None``."""
+    height, width = _spatial(x)
+    top, bottom = same_padding(height, kernel[0], stride[0], dilation[0])
+    left, right = same_padding(width, kernel[1], stride[1], dilation[1])
+    return (top, left) if top == bottom and left == right else None
+
+
+#: Depthwise convolutions with at most ``[0]`` (output pixel, input pixel) pairs - 2x2 maps
+#: at stride 1 (16 pairs), 4x4 -> 2x2 at stride 2 (64) - run as a dense per-channel product
+#: by broadcasting, and kernels over 3x3 with at most ``[1]`` pairs (4x4 maps at stride 1)
+#: as a batched matrix product. oneDNN's depthwise weight gradient (AVX2) costs 10-25x its
+#: forward on such maps; the dense forms cost 2-3x. For 3x3 kernels on 4x4 maps oneDNN's own
+#: depthwise kernel is faster.
+DENSE_DEPTHWISE_PAIRS = (64, 256)
+
+#: 1x1 convolutions of channels_last maps with at most this many pixels (batch x H x W) run as
+#: ``F.linear`` of the (pixels, channels) view (same products, per-call cost of a matmul).
+POINTWISE_MATMUL_PIXELS = 4096
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, conv: Callable) -> torch.Tensor:
+    """A 1x1 convolution (stride 1, no padding, no bias) of ``x``: ``conv(x)``, or the same
+    product as a matmul of the channels_last (pixels, channels) view of small maps."""
+    n, c, height, width = x.shape
+    if (
+        n * height * width <= POINTWISE_MATMUL_PIXELS
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and fast("pointwise_matmul")
+    ):
+        out = F.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], c))
+        return out.permute(0, 3, 1, 2)  # channels_last strides
+    return conv(x)
+
+
+class Pointwise(nn.Conv2d):
+    """``nn.Conv2d(c_in, c_out, 1, bias=False)`` that runs small maps as a matmul."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise(x, self.weight, super().forward)
+
+
+@lru_cache(maxsize=256)
+def _depthwise_index(height, width, kh, kw, sh, sw, dh, dw) -> torch.Tensor:
+    """For TF "SAME" depthwise convolution: (output pixel, input pixel) -> kernel tap index,
+    ``kh * kw`` where the pair is not connected; shape (out_h * out_w, height * width)."""
+    top = same_padding(height, kh, sh, dh)[0]
+    left = same_padding(width, kw, sw, dw)[0]
+    out_h, out_w = math.ceil(height / sh), math.ceil(width / sw)
+    index = torch.full((out_h * out_w, height * width), kh * kw, dtype=torch.long)
+    for oh in range(out_h):
+        for ow in range(out_w):
+            for i in range(kh):
+                for j in range(kw):
+                    ih, iw = oh * sh - top + i * dh, ow * sw - left + j * dw
+                    if 0 <= ih < height and 0 <= iw < width:
+                        index[oh * out_w + ow, ih * width + iw] = i * kw + j
+    return index
+
+
+def _dense_depthwise(
+    x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, out_h: int, out_w: int, bmm: bool
+) -> torch.Tensor:
+    """Depthwise convolution of a tiny map as ``out[n, q, c] = sum_p x[n, p, c] * M[c, q, p]``
+    with ``M`` gathered from the kernel (zero where pixels are not connected): the padding
+    never enters, so the result equals the padded convolution (the products with padded
+    zeros are exact zeros)."""
+    n, c, height, width = x.shape
+    taps = torch.cat([weight.reshape(c, -1), weight.new_zeros(c, 1)], 1)  # (C, taps + 1)
+    index = index.to(x.device)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    if bmm:
+        matrix = taps[:, index]  # (C, Q, P)
+        pixels = x.permute(1, 0, 2, 3).reshape(c, n, height * width)
+        out = torch.bmm(pixels, matrix.transpose(1, 2)).view(c, n, out_h, out_w)
+        out = out.permute(1, 0, 2, 3)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return out.contiguous(memory_format=fmt)
+    matrix = taps.t()[index]  # (Q, P, C)
+    pixels = x.permute(0, 2, 3, 1).reshape(n, 1, height * width, c)
+    out = (pixels * matrix).sum(2).view(n, out_h, out_w, c).permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()  # channels_last strides already
 
 
 class MaxPool2dSame(nn.Module):
@@ -89,8 +251,14 @@ class MaxPool2dSame(nn.Module):
         self.kernel, self.stride = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _is_static(self.kernel, self.stride, 1):
-            return F.max_pool2d(x, self.kernel, self.stride, self.kernel // 2)
+        k, s = self.kernel, self.stride
+        if _is_static(k, s, 1):
+            return F.max_pool2d(x, k, s, k // 2)
+        if fast("pool_ceil_mode"):
+            height, width = _spatial(x)
+            pads = ceil_mode_padding(height, k, s), ceil_mode_padding(width, k, s)
+            if None not in pads:
+                return F.max_pool2d(x, k, s, pads, ceil_mode=True)
         return F.max_pool2d(
             pad_same(x, self.kernel, self.stride, value=-math.inf), self.kernel, self.stride
         )
@@ -113,7 +281,14 @@ class AvgPool2dSame(nn.Module):
         height, width = _spatial(x)
         top, bottom = same_padding(height, k, s)
         left, right = same_padding(width, k, s)
-        if self.count_pad_strided and s > 1:
+        count_pad = self.count_pad_strided and s > 1
+        if fast("pool_ceil_mode"):
+            pads = ceil_mode_padding(height, k, s), ceil_mode_padding(width, k, s)
+            if None not in pads:  # timm's zero-padded windows: every window divides by k * k
+                if count_pad:
+                    return F.avg_pool2d(x, k, s, pads, ceil_mode=True, divisor_override=k * k)
+                return F.avg_pool2d(x, k, s, pads, ceil_mode=True, count_include_pad=False)
+        if count_pad:
             return F.avg_pool2d(F.pad(x, (left, right, top, bottom)), k, s)
         if top == bottom and left == right and top <= k // 2 and left <= k // 2:
             return F.avg_pool2d(x, k, s, (top, left), count_include_pad=False)
@@ -138,7 +313,7 @@ class ConvBN(nn.Sequential):
     """1x1 convolution -> BN without activation (the projection after pools)."""
 
     def __init__(self, c_in, c_out, bn: BNConfig):
-        super().__init__(nn.Conv2d(c_in, c_out, 1, bias=False), bn.make(c_out))
+        super().__init__(Pointwise(c_in, c_out), bn.make(c_out))
 
 
 class SeparableConv2d(nn.Sequential):
@@ -147,7 +322,7 @@ class SeparableConv2d(nn.Sequential):
     def __init__(self, c_in, c_out, kernel, stride):
         super().__init__(
             Conv2dSame(c_in, c_in, kernel, stride, groups=c_in),
-            nn.Conv2d(c_in, c_out, 1, bias=False),
+            Pointwise(c_in, c_out),
         )
 
 
@@ -162,7 +337,7 @@ class SepConvTwice(nn.Sequential):
             nn.ReLU(),
             SeparableConv2d(c_in, c_out, kernel, stride),
             bn.make(c_out),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # on the BN output, which nothing else reads
             SeparableConv2d(c_out, c_out, kernel, 1),
             bn.make(c_out),
         )
@@ -211,20 +386,39 @@ class FactorizedReduction(nn.Module):
         super().__init__()
         self.stride = stride
         if stride == 1:
-            self.conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+            self.conv = Pointwise(c_in, c_out)
         else:
-            self.path_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
-            self.path_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
+            self.path_1 = SubsampleConv1x1(c_in, c_out // 2, shift=0)
+            self.path_2 = SubsampleConv1x1(c_in, c_out - c_out // 2, shift=1)
         self.bn = bn.make(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             return self.bn(self.conv(x))
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        out = torch.cat(
-            [self.path_1(x[:, :, ::2, ::2]), self.path_2(shifted[:, :, ::2, ::2])], dim=1
-        )
-        return self.bn(out)
+        return self.bn(torch.cat([self.path_1(x), self.path_2(x)], dim=1))
+
+
+class SubsampleConv1x1(nn.Conv2d):
+    """1x1 convolution (no bias) of the pixels at even positions (``shift=0``) or, after a
+    one-pixel diagonal shift with a zero row/column at the bottom/right, odd ones (``shift=1``).
+
+    Fast path: a stride-2 convolution of the input itself (with padding 1 and the first
+    output row/column dropped for ``shift=1``), so no padded, shifted or subsampled copy of
+    the input is made, forward or backward; the padded cells only meet the dropped outputs.
+    """
+
+    def __init__(self, c_in: int, c_out: int, shift: int):
+        super().__init__(c_in, c_out, 1, bias=False)
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast("strided_factorized"):
+            if self.shift == 0:
+                return F.conv2d(x, self.weight, None, 2)
+            return F.conv2d(x, self.weight, None, 2, 1)[:, :, 1:, 1:]
+        if self.shift:
+            x = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+        return super().forward(x[:, :, ::2, ::2])
 
 
 class DropPath(nn.Module):
@@ -242,13 +436,34 @@ class DropPath(nn.Module):
             return x
         mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device)
         mask.bernoulli_(self.keep_prob)
+        if fast("fused_drop_path"):  # one pass over x forward and backward, not two
+            return x * mask.div_(self.keep_prob)
         return x * mask / self.keep_prob
+
+
+def starts_with_relu(module: nn.Module) -> bool:
+    """Whether ``module`` is a sequence whose first layer is a (not in-place) ReLU."""
+    return (
+        isinstance(module, nn.Sequential)
+        and len(module) > 1
+        and isinstance(module[0], nn.ReLU)
+        and not module[0].inplace
+    )
+
+
+def after_relu(module: nn.Sequential, x_relu: torch.Tensor) -> torch.Tensor:
+    """Run ``module`` (see :func:`starts_with_relu`) on ``x_relu = relu(x)`` from its second
+    layer on: equals ``module(x)``, without computing the ReLU again."""
+    for i, layer in enumerate(module):
+        if i:
+            x_relu = layer(x_relu)
+    return x_relu
 
 
 OpFactory = Callable[[int, int, int, BNConfig], nn.Module]
 
 #: Op name -> constructor ``(c_in, c_out, stride, bn) -> nn.Module``.
-OPS: dict[str, OpFactory] = {
+OP_FACTORIES: dict[str, OpFactory] = {
     "identity": identity_op,
     "conv_1x3_3x1": lambda ci, co, s, bn: FactorizedConv(ci, co, 3, s, bn),
     "conv_1x7_7x1": lambda ci, co, s, bn: FactorizedConv(ci, co, 7, s, bn),

@@ -1,0 +1,301 @@
+"""Our NASNet against timm's hand-written NASNet-A: training steps in the same memory layout.
+
+Two configurations, each trained with the same step on both sides (forward, cross-entropy,
+backward, SGD with momentum), on random inputs:
+
+* ``large64``: ``create_model("nasnet_a_large", num_classes=10, penultimate=480, image_size=64,
+  drop_path_keep_prob=1.0, dropout=0.0, pool_padding="timm", auxiliary=False)`` against timm's
+  ``NASNetALarge(num_classes=10, num_features=480)`` - the same network (1,393,782 parameters
+  each), 64x64, batch 32;
+* ``cifar``: the search's own child shape, NASNet-A with the CIFAR stem, N=2, F=12, 32x32,
+  batch 64, against the nearest network timm's classes can express (timm hard-wires 6 normal
+  cells per stage and the ImageNet stem in ``NASNetALarge``, so its cell classes are stacked
+  here the way our builder stacks ours: a 3x3 stem conv + BN, normal cells, ``ReductionCell0``,
+  ``FirstCell`` after each reduction). The only difference left: timm's first cell projects
+  its second input with a 1x1 conv where ours (TF-slim) reads the stem output unprojected.
+
+For each configuration and thread count it prints images/s of four variants - ours
+channels_last, ours NCHW, timm channels_last, timm NCHW - and the ratios, each the median of
+per-round ratios: the variants run in alternating short rounds, so load from other processes
+affects all of them alike.
+
+    python bench/vs_timm.py --quick                  # both configs, 1 and 2 threads, ~2 min
+    python bench/vs_timm.py --threads 2 --config large64 --rounds 9
+    python bench/vs_timm.py --profile                # top ops by self CPU time, ours vs timm
+    python bench/vs_timm.py --device cuda --amp      # the same comparison on a GPU (bf16)
+    python bench/vs_timm.py --before DIR             # also time the package copy in DIR/nasnet
+
+timm 1.0.31 comes from the oracle tests' cache (``.pytest_cache/oracles``, installed with
+``--no-deps`` by ``tests/oracles.py``; run ``python -m pytest tests/test_pretrained.py`` once),
+or from an installed ``timm`` when that cache is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def load_timm():
+    """timm from the oracle cache (torchvision stubbed, as the tests do), else installed."""
+    cache = os.path.join(ROOT, ".pytest_cache", "oracles")
+    if os.path.isdir(os.path.join(cache, "timm")):
+        sys.path.insert(0, ROOT)
+        try:
+            from tests.oracles import _StubFinder
+        except ImportError:  # pytest missing: the stub is all we need from that module
+            _StubFinder = None
+        if _StubFinder is not None and not any(isinstance(f, _StubFinder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _StubFinder())
+        sys.path.insert(0, cache)
+    import timm.models.nasnet as timm_nasnet
+
+    return timm_nasnet
+
+
+def load_nasnet(before: str | None):
+    """Our package: from ``src`` (the working tree), or the copy ``before/nasnet``."""
+    path = before or os.path.join(ROOT, "src")
+    sys.path.insert(0, os.path.abspath(path))
+    for name in [m for m in sys.modules if m == "nasnet" or m.startswith("nasnet.")]:
+        del sys.modules[name]
+    module = importlib.import_module("nasnet")
+    sys.path.remove(os.path.abspath(path))
+    if before:  # keep both copies importable under distinct names
+        for name in [m for m in sys.modules if m == "nasnet" or m.startswith("nasnet.")]:
+            sys.modules["before_" + name] = sys.modules.pop(name)
+    return module
+
+
+# --------------------------------------------------------------------------- the networks
+
+
+class TimmCifarChild(nn.Module):
+    """timm's NASNet-A cells stacked as our CIFAR-stem builder stacks NASNet-A (N normal cells
+    per stage, two reductions, F filters doubling at each): the closest timm can express."""
+
+    def __init__(self, timm_nasnet, cells: int = 2, filters: int = 12, num_classes: int = 10):
+        super().__init__()
+        tn, f = timm_nasnet, filters
+        c_stem = 3 * f
+        self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, 1, 1, bias=False), nn.BatchNorm2d(c_stem))
+        layers: list[nn.Module] = []
+        prev_prev, prev = c_stem, c_stem  # channels of x_prev and x
+        scale = 1
+        for stage in range(3):
+            if stage:
+                layers.append(tn.ReductionCell0(prev_prev, scale * 2 * f, prev, scale * 2 * f))
+                scale *= 2
+                prev_prev, prev = prev, 4 * scale * f
+            for k in range(cells):
+                if stage and k == 0:  # x_prev is twice as large: factorized reduction
+                    cell = tn.FirstCell(prev_prev, scale * f // 2, prev, scale * f)
+                else:
+                    cell = tn.NormalCell(prev_prev, scale * f, prev, scale * f)
+                layers.append(cell)
+                prev_prev, prev = prev, 6 * scale * f
+        self.cells = nn.ModuleList(layers)
+        self.classifier = nn.Linear(prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prev_prev = prev = self.stem(x)
+        for cell in self.cells:
+            prev_prev, prev = prev, cell(prev, prev_prev)
+        return self.classifier(torch.relu(prev).mean((2, 3)))
+
+
+def build(config: str, side: str, nasnet, timm_nasnet) -> tuple[nn.Module, int, int]:
+    """(model, image size, batch) of one side of one configuration."""
+    if config == "large64":
+        if side == "timm":
+            return timm_nasnet.NASNetALarge(num_classes=10, num_features=480), 64, 32
+        model = nasnet.create_model(
+            "nasnet_a_large", num_classes=10, penultimate=480, image_size=64,
+            drop_path_keep_prob=1.0, dropout=0.0, pool_padding="timm", auxiliary=False,
+        )  # fmt: skip
+        return model, 64, 32
+    if side == "timm":
+        return TimmCifarChild(timm_nasnet), 32, 64
+    model = nasnet.build_network(
+        nasnet.genotypes.NASNET_A, stem="cifar", cells=2, filters=12, num_classes=10,
+        image_size=32, drop_path_keep_prob=1.0, auxiliary=False,
+    )  # fmt: skip
+    return model, 32, 64
+
+
+class Trainer:
+    """One variant: a model, its optimizer and a fixed random batch, in one memory layout."""
+
+    def __init__(self, model, size, batch, channels_last, device, amp):
+        self.device, self.amp = torch.device(device), amp
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=fmt).train()
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, 3, size, size, generator=g).to(self.device, memory_format=fmt)
+        self.y = torch.randint(0, 10, (batch,), generator=g).to(self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.batch = batch
+
+    def step(self) -> None:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def rate(self, seconds: float, min_steps: int) -> float:
+        """Images/s over at least ``seconds`` and ``min_steps`` steps."""
+        self.sync()
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or steps < min_steps:
+            self.step()
+            steps += 1
+            if self.device.type == "cuda" and steps % 10 == 0:
+                self.sync()
+        self.sync()
+        return steps * self.batch / (time.perf_counter() - start)
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
+    torch.set_num_threads(threads)
+    variants: dict[str, Trainer] = {}
+    params = {}
+    for side, (nasnet, timm_nasnet) in sides.items():
+        for layout in ("channels_last", "NCHW"):
+            torch.manual_seed(0)
+            model, size, batch = build(config, "timm" if side == "timm" else "ours",
+                                       nasnet, timm_nasnet)  # fmt: skip
+            batch = args.batch or batch
+            params[side] = sum(p.numel() for p in model.parameters())
+            cl = layout == "channels_last"
+            variants[f"{side}, {layout}"] = Trainer(model, size, batch, cl, args.device, args.amp)
+    if args.skip_nchw:
+        variants = {k: v for k, v in variants.items() if not k.endswith("NCHW")}
+    for trainer in variants.values():  # build oneDNN primitives / cuDNN plans before timing
+        for _ in range(args.warmup):
+            trainer.step()
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, trainer in variants.items():
+            rates[name].append(trainer.rate(args.seconds, args.min_steps))
+    print(f"\n{config}, {threads} thread(s), batch {batch}, {args.device}"
+          f"{' bf16 autocast' if args.amp else ''}; params "
+          + ", ".join(f"{s} {n:,}" for s, n in params.items()))  # fmt: skip
+    for name, values in rates.items():
+        print(f"  {name:28s} {statistics.median(values):8.1f} img/s   rounds: "
+              + ", ".join(f"{v:.1f}" for v in values))  # fmt: skip
+    result = {name: statistics.median(v) for name, v in rates.items()}
+
+    def ratio(a: str, b: str) -> None:
+        if a in rates and b in rates:
+            r = median_ratio(rates[a], rates[b])
+            result[f"{a} / {b}"] = r
+            print(f"  ratio {a} / {b}: {r:.2f}x")
+
+    ratio("ours, channels_last", "timm, channels_last")
+    ratio("ours, NCHW", "timm, NCHW")
+    ratio("ours, channels_last", "timm, NCHW")
+    ratio("ours, channels_last", "ours, NCHW")
+    ratio("timm, channels_last", "timm, NCHW")
+    ratio("ours, channels_last", "before, channels_last")
+    ratio("ours, NCHW", "before, NCHW")
+    ratio("before, channels_last", "timm, channels_last")
+    return result
+
+
+def profile(config: str, threads: int, args, sides: dict) -> None:
+    """Top ops by self CPU time of a few channels_last training steps, per side."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.set_num_threads(threads)
+    for side, (nasnet, timm_nasnet) in sides.items():
+        torch.manual_seed(0)
+        model, size, batch = build(config, "timm" if side == "timm" else "ours",
+                                   nasnet, timm_nasnet)  # fmt: skip
+        trainer = Trainer(model, size, args.batch or batch, True, args.device, args.amp)
+        for _ in range(args.warmup):
+            trainer.step()
+        activities = [ProfilerActivity.CPU]
+        if args.device == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        with torch_profile(activities=activities) as prof:
+            for _ in range(args.profile_steps):
+                trainer.step()
+            trainer.sync()
+        total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
+        print(f"\n{side}, {config}, channels_last, {threads} thread(s): "
+              f"{total / args.profile_steps:.0f} ms self CPU per step")  # fmt: skip
+        sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=args.profile_rows))
+
+
+def main() -> None:
+    args = parse_args()
+    timm_nasnet = load_timm()
+    sides = {}
+    if args.before:
+        sides["before"] = (load_nasnet(args.before), timm_nasnet)
+    sides["ours"] = (load_nasnet(None), timm_nasnet)
+    sides["timm"] = (None, timm_nasnet)
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; rounds {args.rounds} x {args.seconds:g} s "
+          f"(at least {args.min_steps} step(s)) per variant")  # fmt: skip
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name()}")
+        torch.backends.cudnn.benchmark = True
+    for threads in args.threads:
+        for config in args.config:
+            if args.profile:
+                profile(config, threads, args, sides)
+            else:
+                compare(config, threads, args, sides)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="3 short rounds: about 2 minutes")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--config", nargs="+", default=["large64", "cifar"],
+                   choices=["large64", "cifar"])  # fmt: skip
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--seconds", type=float, default=None, help="per variant and round")
+    p.add_argument("--min-steps", type=int, default=None, help="per variant and round")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, default=None, help="override both configs' batch")
+    p.add_argument("--skip-nchw", action="store_true", help="channels_last variants only")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on both sides")
+    p.add_argument("--before", default=None, help="folder holding an older nasnet/ to time too")
+    p.add_argument("--profile", action="store_true", help="profile instead of timing")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--profile-rows", type=int, default=12)
+    args = p.parse_args()
+    args.rounds = args.rounds or (3 if args.quick else 9)
+    args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 3.0)
+    args.min_steps = args.min_steps or (1 if args.quick else 2)
+    if args.quick:
+        args.warmup = min(args.warmup, 1)
+    return args
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The exact fast paths of ``nasnet.ops.FAST_PATHS`` give the same outputs and gradients as
+the plain formulation (padded copies, per-op ReLUs, oneDNN depthwise on tiny maps)."""
+
+import copy
+import itertools
+import random
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nasnet
+from nasnet import ops
+from nasnet.genotypes import NASNET_A
+from nasnet.space import SearchSpace
+
+TOL = 1e-5  # float32; float64 runs must agree to 1e-10 (the same function, exactly)
+
+
+@contextmanager
+def fast_paths(on: bool, only: str | None = None):
+    saved = dict(ops.FAST_PATHS)
+    for name in ops.FAST_PATHS:
+        ops.FAST_PATHS[name] = on if only is None or name == only else not on
+    try:
+        yield
+    finally:
+        ops.FAST_PATHS.update(saved)
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    scale = max(1.0, b.abs().max().item())
+    diff = (a - b).abs().max().item()
+    tol = TOL if b.dtype == torch.float32 else 1e-10
+    assert diff <= tol * scale, f"{what}: max |difference| {diff:.2e} (scale {scale:.1f})"
+
+
+def run(model, x, train: bool, seed: int = 0):
+    """Logits (and aux logits), input gradient and parameter gradients of one step."""
+    model = copy.deepcopy(model).train(train)
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(seed)  # the same drop-path draws on both sides
+    logits, aux = model.forward_with_aux(x)
+    loss = F.cross_entropy(logits, torch.arange(len(x)) % logits.shape[1])
+    if aux is not None:
+        loss = loss + 0.4 * F.cross_entropy(aux, torch.arange(len(x)) % aux.shape[1])
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), aux, x.grad, grads
+
+
+def assert_equivalent(model, x, only: str | None = None) -> None:
+    for train in (True, False):
+        with fast_paths(False):
+            ref = run(model, x, train)
+        with fast_paths(True, only):
+            got = run(model, x, train)
+        mode = "train" if train else "eval"
+        assert_close(got[0], ref[0], f"{mode} logits")
+        if ref[1] is not None:
+            assert_close(got[1].detach(), ref[1].detach(), f"{mode} aux logits")
+        assert_close(got[2], ref[2], f"{mode} input gradient")
+        assert got[3].keys() == ref[3].keys()
+        for name, grad in ref[3].items():
+            assert_close(got[3][name], grad, f"{mode} gradient of {name}")
+
+
+def randomized(model):
+    """Random BN affine parameters so that every path matters."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("pool_padding", ["timm", "tf"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_imagenet_stem_fast_paths_are_exact(pool_padding, channels_last):
+    # 64 -> 31 -> 16 -> 8 -> 4 -> 2: odd and even sizes, 4x4 and 2x2 maps (dense depthwise)
+    torch.manual_seed(0)
+    model = nasnet.create_model(
+        "nasnet_a_large", num_classes=10, cells=1, filters=16, image_size=64,
+        pool_padding=pool_padding, auxiliary=True, drop_path_keep_prob=0.7,
+    )  # fmt: skip
+    model = randomized(model)
+    model.set_drop_path_progress(0.5)
+    x = torch.randn(4, 3, 64, 64)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    assert_equivalent(model, x)
+
+
+@pytest.mark.parametrize("only", sorted(ops.FAST_PATHS))
+def test_each_fast_path_alone_is_exact(only):
+    torch.manual_seed(0)
+    model = nasnet.build_network(
+        NASNET_A, stem="cifar", cells=1, filters=8, num_classes=10, image_size=8,
+        auxiliary=True, drop_path_keep_prob=0.6,
+    )  # fmt: skip
+    model = randomized(model).to(memory_format=torch.channels_last)
+    model.set_drop_path_progress(0.8)
+    x = torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last)
+    assert_equivalent(model, x, only=only)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [3, 7])
+def test_searched_cells_fast_paths_are_exact(seed, dtype):
+    genotype = SearchSpace().sample(random.Random(seed))  # every op kind over a few seeds
+    torch.manual_seed(seed)
+    model = nasnet.build_network(
+        genotype, stem="cifar", cells=1, filters=8, num_classes=10, image_size=10,
+        drop_path_keep_prob=0.7, auxiliary=True,
+    )  # fmt: skip
+    model = randomized(model).to(dtype=dtype, memory_format=torch.channels_last)
+    model.set_drop_path_progress(1.0)
+    x = torch.randn(8, 3, 10, 10, dtype=dtype).to(memory_format=torch.channels_last)
+    assert_equivalent(model, x)
+
+
+def test_ceil_mode_pools_equal_padded_pools():
+    for size, k, s in itertools.product(range(1, 14), (3, 5, 7), (1, 2)):
+        x = torch.randn(2, 3, size, size + 1).to(memory_format=torch.channels_last)
+        for layer in (
+            ops.MaxPool2dSame(k, s),
+            ops.AvgPool2dSame(k, s),
+            ops.AvgPool2dSame(k, s, count_pad_strided=True),
+        ):
+            with fast_paths(False):
+                ref = layer(x)
+            with fast_paths(True):
+                got = layer(x)
+            assert got.shape == ref.shape, (size, k, s, layer)
+            assert_close(got, ref, f"{type(layer).__name__} {size} k{k} s{s}")
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_dense_depthwise_equals_padded_convolution(channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for size, k, s, d in itertools.product(range(1, 6), (3, 5, 7), (1, 2), (1, 2)):
+        conv = ops.Conv2dSame(6, 6, k, s, dilation=d, groups=6).to(memory_format=fmt)
+        x = torch.randn(2, 6, size, size).to(memory_format=fmt).requires_grad_(True)
+        results = []
+        for on in (False, True):
+            with fast_paths(on):
+                y = conv(x)
+            grad = torch.ones_like(y) + torch.arange(y.numel()).view_as(y) % 3
+            results.append((y, *torch.autograd.grad(y, (x, conv.weight), grad)))
+            assert y.is_contiguous(memory_format=fmt)
+        for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+            assert_close(got, ref, f"depthwise {what} {size} k{k} s{s} d{d}")
+
+
+@pytest.mark.parametrize("size", [2, 5, 8, 40])
+def test_pointwise_matmul_equals_convolution(size):
+    layer = ops.Pointwise(24, 16).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 24, size, size).to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    results = []
+    for on in (False, True):
+        with fast_paths(on):
+            y = layer(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        results.append((y, *torch.autograd.grad(y.square().sum(), (x, layer.weight))))
+    for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+        assert_close(got, ref, f"pointwise {what} at {size}x{size}")
+
+
+def test_exports_trace_the_plain_path():
+    assert ops.fast("shared_relu")
+    traced = []
+
+    def probe(module, inputs, output):
+        traced.append(ops.fast("small_depthwise"))
+
+    model = nasnet.build_network(NASNET_A, cells=1, filters=8, num_classes=10).eval()
+    model.classifier.register_forward_hook(probe)
+    with torch.no_grad():
+        torch.jit.trace(model, torch.randn(1, 3, 8, 8), check_trace=False)
+    assert traced == [False]
