@@ -27,15 +27,18 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from nasnet.evaluators import Task
+from nasnet.evaluators import Evaluator, Task, cost_aware_reward, evaluator_for
 from nasnet.executors import Executor, TrialFn, TrialResult, make_executor
+from nasnet.executors.base import call_safely
 from nasnet.lock import ExperimentLock
 from nasnet.options import OptionError
+from nasnet.results import leaderboard
 from nasnet.search_config import SearchConfig, resolve_config, trial_seed
 from nasnet.store import Store, StoreError, TrialRecord
 from nasnet.strategies import Proposal, Strategy, make_strategy
@@ -143,7 +146,7 @@ class Search:
         self.strategy: Strategy = make_strategy(
             config.strategy, self.space, config.seed, **config.strategy_options
         )
-        self.evaluator = config.build_evaluator()
+        self.evaluator = _driver_evaluator(config)
         self.executor = executor
         self.fn = fn
         self.proposals: dict[int, Proposal] = {}
@@ -159,9 +162,15 @@ class Search:
         saved = self.store.last_state()
         state_id, seq = (saved[0], saved[1]) if saved else (None, 0)
         digest = None
+        if self.evaluator.stateful:
+            self.evaluator.reset_state(self.config.seed)
         if saved:
             try:
-                self.strategy.load_state_dict(state_from_bytes(saved[2]))
+                state = state_from_bytes(saved[2])
+                if self.evaluator.stateful:  # stateful evaluators: {"strategy", "evaluator"}
+                    self.evaluator.load_state_dict(state["evaluator"])
+                    state = state["strategy"]
+                self.strategy.load_state_dict(state)
             except Exception as err:  # any failure: the blob cannot be this strategy's state
                 raise StoreError(
                     f"{self.store.path}: saved strategy state {state_id} is damaged "
@@ -173,8 +182,10 @@ class Search:
             if kind == "ask":
                 self._replay_ask(trial)
             else:
+                if self.evaluator.stateful and trial.reused_from is None:
+                    self._remeasure(trial)
                 with self.store.transaction():
-                    self._tell(_proposal_of(trial), trial.reward, event_seq)
+                    self._tell(_proposal_of(trial), _told_reward(trial), event_seq)
         if saved or events:
             self.store.record_resume(state_id, digest, len(events))
         return len(events)
@@ -192,7 +203,10 @@ class Search:
         Returns whether a state was saved."""
         if not self.strategy.tell(proposal, reward):
             return False
-        blob = state_to_bytes(self.strategy.state_dict())
+        state = self.strategy.state_dict()
+        if self.evaluator.stateful:  # the evaluator's state is saved with the strategy's
+            state = {"strategy": state, "evaluator": self.evaluator.state_dict()}
+        blob = state_to_bytes(state)
         self.store.save_state(seq, self.strategy.told, blob)
         return True
 
@@ -224,6 +238,8 @@ class Search:
                     self.executor = self._make_executor()
                 self._resubmit(pending)
                 self._loop()
+            if self.evaluator.stateful and stats.finished >= self.config.budget:
+                self._final_scores()
         finally:
             if self.executor is not None:
                 self.executor.shutdown()
@@ -305,7 +321,7 @@ class Search:
             self._submit(trial_id, proposal.genotype.to_dict(), seed, ask_seq)
             return
         now = time.time()
-        outcome = TrialOutcome.done(cached.reward, cached.metrics)
+        outcome = TrialOutcome.done(_told_reward(cached), cached.metrics)
         self._record(trial_id, proposal, outcome, "reused", now, now, reused_from=cached.id)
 
     def _submit(self, trial_id: int, genotype: dict[str, Any], seed: int, ask_seq: int) -> None:
@@ -357,6 +373,79 @@ class Search:
     def _emit(self, kind: str, trial: TrialRecord | None) -> None:
         if self.on_event is not None:
             self.on_event(kind, self.stats, trial)
+
+    # -- stateful evaluators (weight sharing; see Evaluator.stateful) -------------------------
+
+    def _remeasure(self, trial: TrialRecord) -> None:
+        """Measure a replayed child again, to bring the evaluator's state to where it was
+        when the child was told (its stored result stays what the strategy was told)."""
+        done = [t for t in self.store.trials(TrialStatus.DONE)
+                if t.tell_seq is not None and t.tell_seq < trial.ask_seq]  # fmt: skip
+        done.sort(key=lambda t: t.tell_seq or 0)
+        context = self.evaluator.task_context([t.metrics for t in done])
+        outcome = call_safely(lambda g: self.evaluator.evaluate(g, trial.seed, context),
+                              trial.genotype)  # fmt: skip
+        if outcome.reward != _told_reward(trial):
+            warnings.warn(
+                f"trial {trial.id} measured {outcome.reward} on resume, {_told_reward(trial)} "
+                "before "
+                "(keep the thread count and device of the first session for exact resumes)",
+                stacklevel=2,
+            )
+
+    def _final_scores(self) -> None:
+        """Replace the reward of every done trial by its score under the evaluator's final
+        state (one score per distinct cell); the search-time ones stay in the metrics as
+        ``search_reward`` and ``search_val_accuracy``. Deterministic, so running it again
+        (a resumed finished search) writes the same values."""
+        options = self.evaluator.options
+        finals: dict[str, dict[str, Any] | None] = {}
+        with self.store.transaction():
+            for trial in self.store.trials(TrialStatus.DONE):
+                if trial.hash not in finals:
+                    finals[trial.hash] = self.evaluator.final_metrics(trial.genotype)
+                final = finals[trial.hash]
+                if final is None or trial.tell_seq is None:
+                    continue
+                metrics = {
+                    **trial.metrics,
+                    "search_reward": trial.metrics.get("search_reward", trial.reward),
+                    "search_val_accuracy": trial.metrics.get(
+                        "search_val_accuracy", trial.metrics.get("val_accuracy")
+                    ),
+                    **final,
+                }
+                reward = cost_aware_reward(
+                    float(final["val_accuracy"]), metrics.get("mult_adds"),
+                    options.mult_adds_target, options.cost_weight,
+                )  # fmt: skip
+                outcome = TrialOutcome.done(reward, metrics)
+                self.store.finish_trial(
+                    trial.id, outcome, trial.tell_seq, trial.worker, trial.started,
+                    trial.finished, trial.reused_from,
+                )  # fmt: skip
+        self.store.checkpoint()
+        best = leaderboard(self.store.trials(), 1)
+        if best:
+            self.stats.best_reward, self.stats.best_trial = best[0].reward, best[0].id
+
+
+def _told_reward(trial: TrialRecord) -> float | None:
+    """The reward the strategy was told for ``trial`` (a stateful evaluator's final re-scoring
+    replaces ``reward`` and keeps the told one as ``search_reward``)."""
+    return trial.metrics.get("search_reward", trial.reward)
+
+
+def _driver_evaluator(config: SearchConfig) -> Evaluator:
+    """The driver's evaluator: for a stateful one, the very instance the in-process executor's
+    tasks use (``evaluator_for`` caches one per configuration and process)."""
+    evaluator = config.build_evaluator()
+    if not evaluator.stateful:
+        return evaluator
+    task = Task(trial_id=0, genotype={}, seed=0, evaluator=config.evaluator,
+                options=config.evaluator_options, child=config.child.to_dict(),
+                space=config.space.to_dict())  # fmt: skip
+    return evaluator_for(task)
 
 
 def _proposal_of(trial: TrialRecord) -> Proposal:

@@ -122,5 +122,31 @@ class Evaluator(ABC):
     def use_shared_data(self, data: Any) -> None:  # noqa: B027 - optional hook
         """Adopt data loaded elsewhere (under :meth:`shared_data_key`)."""
 
+    # --- stateful evaluators (weight sharing) ----------------------------------------------
+    # A stateful evaluator keeps state across children (the shared weights of a supernet) in
+    # the driver process: it needs an in-process executor (SearchConfig.check), the search
+    # uses the instance ``evaluator_for`` caches for its tasks, saves ``state_dict()`` with
+    # every strategy state and, on resume, loads it and re-measures the children told after
+    # it (``measure`` must be deterministic given the state), and at the end of a search
+    # replaces the rewards by ``final_metrics`` (scores under the final state).
+
+    #: True when children change the evaluator's state (see above).
+    stateful: ClassVar[bool] = False
+
+    def reset_state(self, seed: int) -> None:  # noqa: B027 - optional hook
+        """Start from a fresh state, seeded by the experiment's ``seed``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The evaluator's state (``torch.save``-able, loadable with ``weights_only``)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore :meth:`state_dict`'s output."""
+
+    def final_metrics(self, genotype: Genotype) -> dict[str, Any] | None:
+        """Metrics of ``genotype`` under the final state (``val_accuracy`` at least), used to
+        rank the cells of a finished search; None keeps the search-time ones."""
+        return None
+
 
 __all__ = ["Evaluator", "RewardOptions", "Task", "cost_aware_reward"]
