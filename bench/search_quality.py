@@ -83,12 +83,12 @@ STRATEGIES = ("ppo", "random", "evolution")
 FULL: dict[str, Any] = {
     "budget": 200, "seeds": 3, "child_cells": 1, "child_filters": 8, "child_epochs": 2,
     "retrain_cells": 2, "retrain_filters": 12, "retrain_epochs": 20, "top_k": 5,
-    "fidelity_cells": 30, "noise_cells": 5, "noise_seeds": 3,
+    "fidelity_cells": 30, "noise_cells": 5, "noise_seeds": 3, "image_size": None,
 }  # fmt: skip
 QUICK: dict[str, Any] = {
     "budget": 6, "seeds": 3, "child_cells": 1, "child_filters": 4, "child_epochs": 1,
-    "retrain_cells": 1, "retrain_filters": 8, "retrain_epochs": 2, "top_k": 3,
-    "fidelity_cells": 10, "noise_cells": 3, "noise_seeds": 3,
+    "retrain_cells": 1, "retrain_filters": 8, "retrain_epochs": 3, "top_k": 3,
+    "fidelity_cells": 10, "noise_cells": 3, "noise_seeds": 3, "image_size": 8,
 }  # fmt: skip
 #: Strategy options of ``--quick`` (6 children): controller updates and an evolving population
 #: at all; ``--strategy-option`` overrides them. The full run uses the library's defaults.
@@ -207,6 +207,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="children / retrains at once")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--device", default="cpu", help="child and retraining device (cpu, cuda)")
+    p.add_argument("--image-size", type=int, help="proxy and retraining images (quick: 8, the "
+                   "digits' own size; full: the dataset's default, 16 for digits)")  # fmt: skip
     for name in ("child_cells", "child_filters", "child_epochs", "retrain_cells",
                  "retrain_filters", "retrain_epochs"):  # fmt: skip
         p.add_argument("--" + name.replace("_", "-"), type=int)
@@ -261,15 +263,16 @@ def strategy_options(texts: list[str], strategies: list[str], quick: bool) -> di
 def child_config(args: argparse.Namespace, seed: int = 0) -> TrainConfig:
     """The proxy task: how a search child is trained (never on the test split)."""
     return TrainConfig(dataset=args.dataset, cells=args.child_cells, filters=args.child_filters,
-                       epochs=args.child_epochs, device=args.device, threads=1, seed=seed,
-                       eval_test=False)  # fmt: skip
+                       epochs=args.child_epochs, image_size=args.image_size, device=args.device,
+                       threads=1, seed=seed, eval_test=False)  # fmt: skip
 
 
 def retrain_config(args: argparse.Namespace, seed: int) -> TrainConfig:
     """The transfer size: a found cell trained from scratch and scored on the test split."""
     return TrainConfig(dataset=args.dataset, cells=args.retrain_cells,
                        filters=args.retrain_filters, epochs=args.retrain_epochs,
-                       device=args.device, threads=1, seed=seed, eval_test=True)  # fmt: skip
+                       image_size=args.image_size, device=args.device, threads=1, seed=seed,
+                       eval_test=True)  # fmt: skip
 
 
 def search_config(args: argparse.Namespace, strategy: str, seed: int) -> SearchConfig:
@@ -703,10 +706,11 @@ def failures(runs: list[SearchRun], jobs: list[Job], cache: JobCache) -> str:
 
 
 def describe(args: argparse.Namespace) -> str:
-    return (f"{args.budget} children per search; proxy N={args.child_cells} "
-            f"F={args.child_filters} {args.child_epochs} epoch(s); retrained N={args.retrain_cells}"
-            f" F={args.retrain_filters} {args.retrain_epochs} epochs x {args.retrain_seeds} "
-            f"seed(s), top-{args.top_k}")  # fmt: skip
+    size = f"{args.image_size}x{args.image_size}" if args.image_size else "default size"
+    return (f"{args.dataset} at {size}, {args.budget} children per search; proxy "
+            f"N={args.child_cells} F={args.child_filters} {args.child_epochs} epoch(s); retrained "
+            f"N={args.retrain_cells} F={args.retrain_filters} {args.retrain_epochs} epochs x "
+            f"{args.retrain_seeds} seed(s), top-{args.top_k}")  # fmt: skip
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:

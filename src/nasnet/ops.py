@@ -42,7 +42,11 @@ from torch import nn
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
-    "strided_factorized": True,
+    # Off: on torch 2.13 CPU, channels_last, 1 thread, the backward of this path corrupts the
+    # heap for some cells (double free / segfault; reproduced with a B=2 cell at 8x8, N=1, F=4),
+    # a bug below Python that we could not isolate to a bare convolution. Kept for the
+    # equivalence tests and for measurement (bench/vs_timm.py) until it is understood.
+    "strided_factorized": False,
     "shared_relu": True,
     "fused_drop_path": True,
     "pointwise_matmul": True,
