@@ -241,20 +241,28 @@ class Store:
 
     @classmethod
     def create(cls, directory: str, config: dict[str, Any]) -> Store:
-        """Create ``DIR/experiment.db`` holding ``config``."""
+        """Create ``DIR/experiment.db`` holding ``config``. The file is built under a temporary
+        name and renamed, so a reader sees either no store or a complete one."""
         os.makedirs(directory, exist_ok=True)
         path = db_path(directory)
         if os.path.exists(path):
             raise StoreError(f"{path} already exists")
+        tmp = f"{path}.tmp{os.getpid()}"
+        conn = sqlite3.connect(tmp, timeout=30)
+        try:
+            _configure(conn)
+            with conn:
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                conn.execute(
+                    "INSERT INTO config VALUES (1, ?, ?)",
+                    (json.dumps(config, sort_keys=True), time.time()),
+                )
+        finally:
+            conn.close()  # checkpoints and removes the temporary file's log
+        os.replace(tmp, path)
         conn = sqlite3.connect(path, timeout=30)
         _configure(conn)
-        with conn:
-            conn.executescript(_SCHEMA)
-            conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            conn.execute(
-                "INSERT INTO config VALUES (1, ?, ?)",
-                (json.dumps(config, sort_keys=True), time.time()),
-            )
         return cls(conn, path)
 
     def _check_integrity(self) -> None:
