@@ -191,7 +191,7 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
             if not sep or not name.strip():
                 raise UserError(f"{flag}: expected NAME=VALUE, got {item!r}")
             given.setdefault(target, {})[name.strip()] = _typed(target, name.strip(), value)
-    for field in (f for f, in_flags in FIELD_FLAGS.items() if "." in f):
+    for field in (name for name in FIELD_FLAGS if "." in name):
         if values.get(field) is not None:
             part, _, name = field.partition(".")
             given.setdefault(part, {})[name] = values[field]
