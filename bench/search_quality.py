@@ -201,7 +201,12 @@ def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny children, a few minutes")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated")
+    p.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help="comma-separated; STRATEGY+stop adds early stopping (--stop-quantile) "
+                   "to that strategy, e.g. random,random+stop")  # fmt: skip
+    p.add_argument("--stop-quantile", type=float, default=0.5,
+                   help="early stopping quantile of the +stop arms (default 0.5: the median "
+                   "stopping rule)")  # fmt: skip
     p.add_argument("--seeds", type=int, help="search seeds 0..N-1 (full 3, quick 3)")
     p.add_argument("--budget", type=int, help="children per search (full 200, quick 8)")
     p.add_argument("--workers", type=int, default=2, help="children / retrains at once")
@@ -246,9 +251,15 @@ def split_option(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def strategy_options(texts: list[str], strategies: list[str], quick: bool) -> dict[str, dict]:
+def arm_strategy(arm: str) -> str:
+    """The strategy of an arm (``random+stop`` -> ``random``)."""
+    return arm.split("+", 1)[0]
+
+
+def strategy_options(texts: list[str], arms: list[str], quick: bool) -> dict[str, dict]:
     """Per-strategy options: ``--quick``'s defaults, then ``S:NAME=VALUE`` overrides."""
     base = QUICK_STRATEGY_OPTIONS if quick else {}
+    strategies = sorted({arm_strategy(a) for a in arms})
     options = {s: dict(base.get(s, {})) for s in strategies}
     for text in texts:
         strategy, sep, rest = text.partition(":")
@@ -275,10 +286,18 @@ def retrain_config(args: argparse.Namespace, seed: int) -> TrainConfig:
                        eval_test=True)  # fmt: skip
 
 
-def search_config(args: argparse.Namespace, strategy: str, seed: int) -> SearchConfig:
+def search_config(args: argparse.Namespace, arm: str, seed: int) -> SearchConfig:
+    """One arm's search; ``+stop`` arms add early stopping to the evaluator options."""
+    strategy, _, variant = arm.partition("+")
+    if variant not in ("", "stop"):
+        raise OptionError("strategies", f"unknown arm variant {variant!r} in {arm!r}; "
+                          "the one variant is STRATEGY+stop")  # fmt: skip
+    evaluator_options = dict(args.evaluator_options)
+    if variant == "stop":
+        evaluator_options["stop_quantile"] = args.stop_quantile
     return SearchConfig(
         strategy=strategy, strategy_options=args.strategy_options[strategy], evaluator="train",
-        evaluator_options=args.evaluator_options, executor="local", workers=args.workers,
+        evaluator_options=evaluator_options, executor="local", workers=args.workers,
         budget=args.budget, seed=seed, child=child_config(args),
     )  # fmt: skip
 
@@ -337,12 +356,13 @@ def run_one_search(args, root: str, cache: JobCache, strategy: str, seed: int) -
         cache.put(key, {"seconds": time.perf_counter() - started})
     with Store.open(directory, readonly=True) as store:
         trials = store.trials()
+        saved_options = dict(store.config().get("strategy_options", {}))
     ranked = [Cell(t.hash, t.genotype_json, float(t.reward or 0.0)) for t in leaderboard(trials)]
     run = SearchRun(strategy, seed, directory, cache.get(key)["seconds"],
                     rewards_in_finish_order(trials), ranked,
                     sum(1 for t in trials if t.metrics.get("stopped_early")),
                     sum(1 for t in trials if t.status is TrialStatus.FAILED),
-                    config.build_strategy_options().to_dict())  # fmt: skip
+                    saved_options)  # fmt: skip
     print(f"  {run.name}: {len(run.rewards)} children in {run.seconds:.0f} s, best proxy "
           f"{max(run.rewards, default=math.nan):.3f}", flush=True)  # fmt: skip
     return run

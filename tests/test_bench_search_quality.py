@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -14,14 +15,14 @@ PATH = os.path.join(os.path.dirname(__file__), "..", "bench", "search_quality.py
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_search_quality", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
+    """The benchmark as the module ``search_quality`` (importable by its worker processes)."""
+    folder = os.path.dirname(os.path.abspath(PATH))
+    sys.path.insert(0, folder)
     try:
-        spec.loader.exec_module(module)
-        yield module
+        yield importlib.import_module("search_quality")
     finally:
-        sys.modules.pop(spec.name, None)
+        sys.path.remove(folder)
+        sys.modules.pop("search_quality", None)
 
 
 def test_kendall_tau_b_with_a_tie(bench):
@@ -105,3 +106,33 @@ def test_fresh_seeds_are_not_search_seeds(bench):
     seeds = {bench.fresh_seed("retrain", "abc", i) for i in range(3)}
     assert len(seeds) == 3
     assert bench.fresh_seed("retrain", "abc", 0) != bench.fresh_seed("noise", "abc", 0)
+
+
+def test_stop_arms_add_early_stopping_to_their_strategy(bench):
+    args = bench.parse_args(["--quick", "--strategies", "random,random+stop",
+                             "--stop-quantile", "0.25"])  # fmt: skip
+    plain, stop = (bench.search_config(args, arm, 0) for arm in ("random", "random+stop"))
+    assert plain.strategy == stop.strategy == "random"
+    assert "stop_quantile" not in plain.evaluator_options
+    assert stop.evaluator_options["stop_quantile"] == 0.25
+    with pytest.raises(bench.OptionError, match="STRATEGY\\+stop"):
+        bench.search_config(args, "random+fast", 0)
+
+
+def test_tiny_run_prints_every_table(bench, tmp_path, capsys):
+    """Two arms, one seed, two children each: searches, retraining, fidelity, noise, JSON."""
+    out = tmp_path / "q.json"
+    bench.main(["--quick", "--strategies", "random,ppo", "--seeds", "1", "--budget", "3",
+                "--workers", "1", "--top-k", "1", "--retrain-epochs", "1", "--fidelity-cells",
+                "3", "--noise-cells", "1", "--noise-seeds", "2", "--out", str(tmp_path / "runs"),
+                "--json", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    for heading in ("| strategy |", "| proxy mean top-10 / best so far", "Kendall tau-b",
+                    "proxy noise"):  # fmt: skip
+        assert heading in printed
+    result = json.loads(out.read_text())
+    assert {s["strategy"] for s in result["searches"]} == {"random", "ppo"}
+    assert all(s["children"] == 3 for s in result["searches"])
+    ppo = next(s for s in result["searches"] if s["strategy"] == "ppo")
+    assert ppo["strategy_options"]["settings"] == "small"
+    assert result["fidelity"]["cells"] >= 3

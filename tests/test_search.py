@@ -25,7 +25,7 @@ from nasnet.search import Search, SearchError, open_experiment, run_search
 from nasnet.search_config import SearchConfig, resolve_config, trial_seed
 from nasnet.space import Block, Cell, Genotype, SearchSpace
 from nasnet.store import DB_NAME, Store
-from nasnet.strategies import STRATEGIES, Proposal, Strategy
+from nasnet.strategies import STRATEGIES, Proposal, Strategy, make_strategy
 from nasnet.strategies.base import state_digest, state_from_bytes
 from nasnet.trials import TrialOutcome, TrialStatus
 
@@ -63,11 +63,34 @@ def test_resolve_config_new_and_resumed() -> None:
         resolve_config(saved, {"child": {"epochs": 5}})
     resumed = resolve_config(saved, {"child": {"threads": 2}, "executor": "inprocess"})
     assert resumed.child.threads == 2 and resumed.executor == "inprocess"
-    ppo = resolve_config(None, {"strategy": "ppo"}).to_dict()
+    ppo = resolve_config(None, {"strategy": "ppo", "strategy_options": {"settings": "paper"}})
     with pytest.raises(OptionError, match=r"^strategy_options.lr: this experiment was created "
                                           r"with 0.00035, not 0.01"):  # fmt: skip
-        resolve_config(ppo, {"strategy_options": {"lr": 0.01}})
-    assert resolve_config(ppo, {"strategy_options": {"lr": 0.00035}}).strategy == "ppo"
+        resolve_config(ppo.to_dict(), {"strategy_options": {"lr": 0.01}})
+    assert resolve_config(ppo.to_dict(), {"strategy_options": {"lr": 0.00035}}).strategy == "ppo"
+
+
+@pytest.mark.parametrize("strategy", ["ppo", "reinforce"])
+def test_small_budgets_get_small_budget_controller_settings(strategy: str) -> None:
+    """A new search under 2,000 children saves lr 0.005 / batches of 10 for the options not
+    given; the paper's values above that or on request; the saved values survive a resume."""
+    small = resolve_config(None, {"strategy": strategy, "budget": 300})
+    assert small.strategy_options == {"lr": 0.005, "batch_size": 10, "settings": "small"}
+    assert make_strategy(strategy, small.space, 0, **small.strategy_options).lr == 0.005
+    given = resolve_config(None, {"strategy": strategy, "strategy_options": {"lr": 0.002}})
+    assert given.strategy_options == {"lr": 0.002, "batch_size": 10, "settings": "small"}
+    large = resolve_config(None, {"strategy": strategy, "budget": 20000})
+    assert large.strategy_options == {"settings": "paper"}
+    paper = resolve_config(None, {"strategy": strategy, "strategy_options": {"settings": "paper"}})
+    assert paper.strategy_options == {"settings": "paper"}
+    resumed = resolve_config(small.to_dict(), {"budget": 5000})
+    assert resumed.strategy_options == small.strategy_options
+    with pytest.raises(OptionError, match=r"^strategy_options.settings: this experiment was "
+                                          r"created with 'small', not 'paper'"):  # fmt: skip
+        resolve_config(small.to_dict(), {"strategy_options": {"settings": "paper"}})
+    with pytest.raises(OptionError, match=r"^strategy_options.settings: must be one of auto"):
+        resolve_config(None, {"strategy": strategy, "strategy_options": {"settings": "fast"}})
+    assert resolve_config(None, {"strategy": "random"}).strategy_options == {}
 
 
 def test_config_checks_name_the_field() -> None:

@@ -7,9 +7,10 @@ options (see :mod:`nasnet.options`); :meth:`SearchConfig.check` only delegates a
 field names (``strategy_options.lr``, ``child.epochs``).
 
 Resuming: :func:`resolve_config` merges the options given for a resumed experiment into the
-saved ones. The executor, its options, the budget, the workers, ``reuse``, ``max_failures``
-and each part's ``MUTABLE`` fields may change; anything else that differs is an error naming
-the field.
+saved ones (a new experiment's strategy options are first completed from its budget, see
+:meth:`~nasnet.strategies.base.Strategy.options_for_budget`). The executor, its options, the
+budget, the workers, ``reuse``, ``max_failures`` and each part's ``MUTABLE`` fields may
+change; anything else that differs is an error naming the field.
 """
 
 from __future__ import annotations
@@ -190,10 +191,23 @@ def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> Searc
     if saved is not None:
         _check_unchanged(base, merged, nested=False)
     config = SearchConfig.from_dict(merged)
+    if saved is None:
+        config.strategy_options = _options_for_budget(config)
     config.check()
     if saved is not None:
         _check_unchanged(_with_defaults(base), _with_defaults(config.to_dict()), nested=True)
     return config
+
+
+def _options_for_budget(config: SearchConfig) -> dict[str, Any]:
+    """The strategy options a new experiment saves, completed from its budget by the strategy
+    (an unknown strategy is left for :meth:`SearchConfig.check` to name)."""
+    from nasnet.strategies import STRATEGIES
+
+    cls = STRATEGIES.get(config.strategy)
+    if cls is None:
+        return config.strategy_options
+    return cls.options_for_budget(config.strategy_options, config.budget)
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:

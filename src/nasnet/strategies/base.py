@@ -71,6 +71,14 @@ class Strategy(ABC):
     #: The strategy's hyper-parameters, with defaults, help and checks.
     Options: ClassVar[type[Options]] = Options
 
+    @classmethod
+    def options_for_budget(cls, options: dict[str, Any], budget: int) -> dict[str, Any]:
+        """The options a new experiment of ``budget`` children saves: ``options`` (those the
+        user gave) completed with values that depend on the budget. None by default;
+        :class:`~nasnet.strategies.policy_gradient.PolicyGradientStrategy` uses it to pick
+        small-budget controller settings."""
+        return dict(options)
+
     def __init__(self, space: SearchSpace, seed: int, **options: Any) -> None:
         self.space = space
         self.seed = seed

@@ -6,8 +6,10 @@ architectures), 4 passes over each batch. The ratio compares the current policy 
 log-probability recorded when the proposal was sampled, which may be several updates old
 because children are proposed while earlier ones still train.
 
-These settings are for 20,000 children; with a few hundred, raise ``lr`` and lower
-``batch_size`` (``--controller-lr``, ``--controller-batch``) or the controller barely moves.
+These settings are for 20,000 children. A new search of fewer than 2,000 children gets
+small-budget values instead (lr 0.005, batches of 10) for the options not given, unless
+``settings=paper`` (``--controller-settings paper``); see
+:mod:`nasnet.strategies.policy_gradient`.
 """
 
 from __future__ import annotations
