@@ -36,8 +36,9 @@ def trials_of(directory: str) -> list[tuple]:
 
 def test_cli_search_to_a_final_ranking(tmp_path, capsys) -> None:
     out = str(tmp_path / "ws")
-    code = main(["search", "--out", out, "--evaluator", "shared", "--executor", "inprocess",
-                 "--threads", "1", "--strategy", "random", "--budget", "4", "--blocks", "2",
+    # no --executor: the shared evaluator picks the in-process one
+    code = main(["search", "--out", out, "--evaluator", "shared", "--executor-option",
+                 "threads=1", "--strategy", "random", "--budget", "4", "--blocks", "2",
                  "--dataset", DATA, "--child-filters", "4", "--seed", "1",
                  "--evaluator-option", "warmup_steps=2",
                  "--evaluator-option", "batch_size=16"])  # fmt: skip
@@ -50,6 +51,7 @@ def test_cli_search_to_a_final_ranking(tmp_path, capsys) -> None:
     assert board and [e["rank"] for e in board] == list(range(1, len(board) + 1))
     assert [e["reward"] for e in board] == sorted((e["reward"] for e in board), reverse=True)
     with Store.open(out, readonly=True) as store:
+        assert store.config()["executor"] == "inprocess"
         for trial in store.trials():
             m = trial.metrics
             assert m["shared_weights"] is True

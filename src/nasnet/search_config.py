@@ -188,6 +188,8 @@ def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> Searc
             merged[key] = dict(value) if fresh else {**merged[key], **value}
         else:
             merged[key] = value
+    if saved is None and "executor" not in given and _keeps_state(merged["evaluator"]):
+        merged["executor"] = "inprocess"  # the only executor that can run it
     if saved is not None:
         _check_unchanged(base, merged, nested=False)
     config = SearchConfig.from_dict(merged)
@@ -197,6 +199,14 @@ def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> Searc
     if saved is not None:
         _check_unchanged(_with_defaults(base), _with_defaults(config.to_dict()), nested=True)
     return config
+
+
+def _keeps_state(evaluator: Any) -> bool:
+    """Whether ``evaluator`` names a stateful evaluator (weight sharing), whose children must
+    run in the search process."""
+    from nasnet.evaluators import EVALUATORS
+
+    return bool(getattr(EVALUATORS.get(evaluator), "stateful", False))
 
 
 def _options_for_budget(config: SearchConfig) -> dict[str, Any]:

@@ -11,10 +11,10 @@ For each architecture the strategy proposes, the evaluator
    that accuracy (cost-aware if asked), and its metrics say ``shared_weights: true``.
 
 The supernet and its optimizer live in the search process (the evaluator is *stateful*: the
-search needs ``--executor inprocess``) and are saved with every strategy state; on resume the
-children told after the last saved state are measured again, which is deterministic (batches
-and augmentation are drawn from the trial's seed), so a killed search resumes exactly (on
-the CPU, with the same thread count).
+search runs it on the in-process executor, chosen when no executor is given) and are saved with
+every strategy state; on resume the children told after the last saved state are measured
+again, which is deterministic (batches and augmentation are drawn from the trial's seed),
+so a killed search resumes exactly (on the CPU, with the same thread count).
 
 Search-time rewards are not comparable across the search (the weights keep training), so when
 the search reaches its budget every distinct cell is scored again with the final weights on
