@@ -8,8 +8,8 @@ convolutions applied twice.
 
 The plain formulation of each layer is kept; where a cheaper computation gives the same
 function (padding folded into the pool's own arguments, tiny depthwise maps as a dense
-per-channel product, the factorized reduction's shift as a padded strided convolution, one
-ReLU per tensor however many ops read it), it runs instead, switched by :data:`FAST_PATHS`
+per-channel product, the factorized reduction's shift as a strided view instead of a padded
+copy, one ReLU per tensor however many ops read it), it runs instead, switched by :data:`FAST_PATHS`
 (never while tracing for export). ``tests/test_speed_equivalence.py`` checks outputs and
 gradients of both against each other.
 """
@@ -26,32 +26,39 @@ import torch.nn.functional as F
 from torch import nn
 
 #: Exact fast paths (same outputs and gradients up to float rounding), on by default:
-#: ``pool_ceil_mode``: asymmetric "SAME" pools use the pool's own padding + ``ceil_mode``
-#: instead of ``F.pad`` (no padded copy); ``small_depthwise``: depthwise convolutions on maps
-#: of at most a few pixels run as a dense per-channel product (oneDNN's depthwise weight
-#: gradient is slow there); ``strided_factorized``: the factorized reduction convolves the
-#: input at stride 2 (path 2: padding 1, first row/column dropped) instead of padding,
-#: shifting and subsampling copies; ``shared_relu``: a cell computes ReLU of each tensor once
-#: however many ops read it (see ``nasnet.network``); ``fused_drop_path``: DropPath scales
-#: its (N, 1, 1, 1) mask by ``1 / keep`` and multiplies once (rounding differs in the last
-#: bit from multiplying, then dividing); ``pointwise_matmul``: 1x1
+#: ``pool_ceil_mode``: asymmetric "SAME" pools use the pool's own padding + ``ceil_mode`` instead
+#: of ``F.pad`` (no padded copy); ``small_depthwise``: depthwise convolutions on maps of at most
+#: a few pixels run as a dense per-channel product (oneDNN's depthwise weight gradient is slow
+#: there); ``strided_factorized``: the factorized reduction's shifted path convolves the strided
+#: view ``x[:, :, 1::2, 1::2]`` and pads the (smaller) output with the zero row/column of odd
+#: sizes, instead of padding, shifting and subsampling a copy; ``shared_relu``: a cell computes
+#: ReLU of each tensor once however many ops read it (see ``nasnet.network``);
+#: ``fused_drop_path``: DropPath scales its (N, 1, 1, 1) mask by ``1 / keep`` and multiplies once
+#: (rounding differs in the last bit from multiplying, then dividing); ``pointwise_matmul``: 1x1
 #: convolutions of small channels_last maps run as a matrix product of the (pixels, channels)
 #: view, which has less fixed cost per call than oneDNN's convolution; ``native_padding``:
-#: strided "SAME" convolutions whose padding happens to be symmetric (odd sizes) pass it to
-#: the convolution instead of padding a copy.
+#: strided "SAME" convolutions whose padding happens to be symmetric (odd sizes) pass it to the
+#: convolution instead of padding a copy.
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
-    # Off: on torch 2.13 CPU, channels_last, 1 thread, the backward of this path corrupts the
-    # heap for some cells (double free / segfault; reproduced with a B=2 cell at 8x8, N=1, F=4),
-    # a bug below Python that we could not isolate to a bare convolution. Kept for the
-    # equivalence tests and for measurement (bench/vs_timm.py) until it is understood.
-    "strided_factorized": False,
+    "strided_factorized": True,
     "shared_relu": True,
     "fused_drop_path": True,
     "pointwise_matmul": True,
     "native_padding": True,
 }
+
+
+def subsample(x: torch.Tensor, stride: tuple[int, int], offset: int = 0) -> torch.Tensor:
+    """The pixels a strided 1x1 convolution reads: ``x[:, :, offset::sh, offset::sw]``.
+
+    Every strided 1x1 convolution runs as this view followed by a stride-1 convolution (the
+    same function). oneDNN's strided 1x1 weight gradient writes past its workspace for
+    channels_last inputs with fewer input channels than its channel block (8 with AVX2, 16
+    with AVX-512; oneDNN issue 6035, torch 2.13 CPU): heap corruption for small children.
+    """
+    return x[:, :, offset :: stride[0], offset :: stride[1]]
 
 
 def fast(name: str) -> bool:
@@ -135,10 +142,16 @@ class Conv2dSame(nn.Conv2d):
         self._depthwise = groups == c_in == c_out and not bias
 
         self._pointwise = self.kernel_size == (1, 1) and self._static and groups == 1
+        self._strided_1x1 = self.kernel_size == (1, 1) and not self._static and groups == 1
+
+    def _unit_stride(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._pointwise:
             return pointwise(x, self.weight, super().forward)
+        if self._strided_1x1:  # SAME pads nothing here; see subsample() for why not stride 2
+            return pointwise(subsample(x, self.stride), self.weight, self._unit_stride)
         if self._depthwise and fast("small_depthwise"):
             height, width = _spatial(x)
             (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
@@ -187,7 +200,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, conv: Callable) -> torch.Te
     n, c, height, width = x.shape
     if (
         n * height * width <= POINTWISE_MATMUL_PIXELS
-        and x.is_contiguous(memory_format=torch.channels_last)
+        and (x.stride(1) == 1 or x.is_contiguous(memory_format=torch.channels_last))
         and fast("pointwise_matmul")
     ):
         out = F.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], c))
@@ -406,9 +419,9 @@ class SubsampleConv1x1(nn.Conv2d):
     """1x1 convolution (no bias) of the pixels at even positions (``shift=0``) or, after a
     one-pixel diagonal shift with a zero row/column at the bottom/right, odd ones (``shift=1``).
 
-    Fast path: a stride-2 convolution of the input itself (with padding 1 and the first
-    output row/column dropped for ``shift=1``), so no padded, shifted or subsampled copy of
-    the input is made, forward or backward; the padded cells only meet the dropped outputs.
+    Both convolve a strided view at stride 1 (see :func:`subsample`). Fast path for
+    ``shift=1``: the view ``x[:, :, 1::2, 1::2]`` instead of a padded copy; the zero
+    row/column that odd sizes reach becomes zeros appended to the (4x smaller) output.
     """
 
     def __init__(self, c_in: int, c_out: int, shift: int):
@@ -416,13 +429,14 @@ class SubsampleConv1x1(nn.Conv2d):
         self.shift = shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast("strided_factorized"):
-            if self.shift == 0:
-                return F.conv2d(x, self.weight, None, 2)
-            return F.conv2d(x, self.weight, None, 2, 1)[:, :, 1:, 1:]
-        if self.shift:
-            x = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return super().forward(x[:, :, ::2, ::2])
+        if not self.shift:
+            return pointwise(subsample(x, (2, 2)), self.weight, super().forward)
+        if not fast("strided_factorized"):
+            shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+            return pointwise(subsample(shifted, (2, 2)), self.weight, super().forward)
+        height, width = _spatial(x)
+        out = pointwise(subsample(x, (2, 2), offset=1), self.weight, super().forward)
+        return F.pad(out, (0, width % 2, 0, height % 2)) if height % 2 or width % 2 else out
 
 
 class DropPath(nn.Module):
