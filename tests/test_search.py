@@ -70,15 +70,25 @@ def test_resolve_config_new_and_resumed() -> None:
     assert resolve_config(ppo.to_dict(), {"strategy_options": {"lr": 0.00035}}).strategy == "ppo"
 
 
-@pytest.mark.parametrize("strategy", ["ppo", "reinforce"])
-def test_small_budgets_get_small_budget_controller_settings(strategy: str) -> None:
-    """A new search under 2,000 children saves lr 0.005 / batches of 10 for the options not
-    given; the paper's values above that or on request; the saved values survive a resume."""
+SMALL = {
+    "ppo": ({"lr": 0.005, "batch_size": 10}, "lr", 0.002),
+    "reinforce": ({"lr": 0.005, "batch_size": 10}, "lr", 0.002),
+    "evolution": ({"population": 20, "sample_size": 5}, "population", 40),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(SMALL))
+def test_small_budgets_get_small_budget_settings(strategy: str) -> None:
+    """A new search under 2,000 children saves the strategy's small-budget values for the
+    options not given; the published ones above that or on request; the saved values survive
+    a resume."""
+    values, name, value = SMALL[strategy]
     small = resolve_config(None, {"strategy": strategy, "budget": 300})
-    assert small.strategy_options == {"lr": 0.005, "batch_size": 10, "settings": "small"}
-    assert make_strategy(strategy, small.space, 0, **small.strategy_options).lr == 0.005
-    given = resolve_config(None, {"strategy": strategy, "strategy_options": {"lr": 0.002}})
-    assert given.strategy_options == {"lr": 0.002, "batch_size": 10, "settings": "small"}
+    assert small.strategy_options == {**values, "settings": "small"}
+    opts = make_strategy(strategy, small.space, 0, **small.strategy_options).opts
+    assert all(getattr(opts, k) == v for k, v in values.items())
+    given = resolve_config(None, {"strategy": strategy, "strategy_options": {name: value}})
+    assert given.strategy_options == {**values, name: value, "settings": "small"}
     large = resolve_config(None, {"strategy": strategy, "budget": 20000})
     assert large.strategy_options == {"settings": "paper"}
     paper = resolve_config(None, {"strategy": strategy, "strategy_options": {"settings": "paper"}})
@@ -91,6 +101,11 @@ def test_small_budgets_get_small_budget_controller_settings(strategy: str) -> No
     with pytest.raises(OptionError, match=r"^strategy_options.settings: must be one of auto"):
         resolve_config(None, {"strategy": strategy, "strategy_options": {"settings": "fast"}})
     assert resolve_config(None, {"strategy": "random"}).strategy_options == {}
+
+
+def test_a_small_given_population_keeps_a_small_tournament() -> None:
+    config = resolve_config(None, {"strategy": "evolution", "strategy_options": {"population": 3}})
+    assert config.strategy_options == {"population": 3, "sample_size": 3, "settings": "small"}
 
 
 def test_config_checks_name_the_field() -> None:

@@ -59,7 +59,8 @@ def test_paper_defaults() -> None:
     ppo = make_strategy("ppo", SPACE, 0)
     assert ppo.options() == {
         "lr": 0.00035, "batch_size": 20, "entropy_weight": 1e-5, "baseline_decay": 0.95,
-        "hidden_size": 100, "temperature": None, "tanh_constant": None, "clip": 0.2, "epochs": 4,
+        "hidden_size": 100, "temperature": None, "tanh_constant": None, "settings": "auto",
+        "clip": 0.2, "epochs": 4,
     }  # fmt: skip
     evolution = make_strategy("evolution", SPACE, 0)
     assert (evolution.population_size, evolution.sample_size) == (100, 25)

@@ -48,8 +48,8 @@ SHORTHANDS: dict[str, tuple[str, type, str]] = {
     "--image-size": ("child.image_size", int, "resize child images to this side"),
     "--controller-lr": ("strategy_options.lr", float, "ppo/reinforce: controller Adam lr"),
     "--controller-batch": ("strategy_options.batch_size", int, "ppo/reinforce: results per update"),
-    "--controller-settings": ("strategy_options.settings", str, "ppo/reinforce: auto (small-"
-                              "budget values under 2,000 children), small or paper"),
+    "--strategy-settings": ("strategy_options.settings", str, "ppo/reinforce/evolution: auto "
+                            "(small-budget values under 2,000 children), small or paper"),
     "--ppo-epochs": ("strategy_options.epochs", int, "ppo: passes over each batch"),
     "--entropy-weight": ("strategy_options.entropy_weight", float, "ppo/reinforce: entropy bonus"),
     "--population": ("strategy_options.population", int, "evolution: population size P"),

@@ -26,11 +26,40 @@ from typing import Any, ClassVar
 
 import torch
 
-from nasnet.options import Options
+from nasnet.options import Options, option, require
 from nasnet.space import Genotype, SearchSpace
 
 #: Results between two saved states of strategies that have no batch update of their own.
 CHECKPOINT_EVERY = 20
+
+#: New searches of fewer children get a strategy's small-budget settings (``settings=auto``).
+SMALL_BUDGET_LIMIT = 2000
+#: Values of a strategy's ``settings`` option.
+SETTINGS = ("auto", "small", "paper")
+
+
+def settings_option() -> Any:
+    """The ``settings`` option of a strategy with published and small-budget settings."""
+    return option(
+        "auto", f"auto: the small-budget values for the options not given when a new search has "
+        f"fewer than {SMALL_BUDGET_LIMIT} children, else the published ones; small; paper"
+    )  # fmt: skip
+
+
+def check_settings(options: Options) -> None:
+    value = getattr(options, "settings")  # noqa: B009 - the field of the strategy's options
+    require(value in SETTINGS, "settings", f"must be one of {', '.join(SETTINGS)}, got {value!r}")
+
+
+def settings_for_budget(
+    options: dict[str, Any], budget: int, small: dict[str, Any]
+) -> dict[str, Any]:
+    """``settings=auto`` resolved against ``budget``: with ``small`` settings, the options not
+    given take the values in ``small``; the resolved ``settings`` is saved with them."""
+    settings = options.get("settings", "auto")
+    if settings == "auto":
+        settings = "small" if budget < SMALL_BUDGET_LIMIT else "paper"
+    return {**(small if settings == "small" else {}), **options, "settings": settings}
 
 
 @dataclass

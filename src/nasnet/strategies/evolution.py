@@ -7,8 +7,10 @@ A mutation changes exactly one decision of a random block of a random cell (Norm
 Reduction): either one of its two inputs or one of its two ops, always to a different value
 (the combine method is inherited). A finished child joins the population and, once it holds
 more than ``population`` members, the oldest one is removed (aging), whatever its reward.
-Failed children never join. Real et al. use P = 100, S = 25 (the defaults); with a budget of a
-few hundred children, smaller values (e.g. P = 20, S = 5) leave more room for evolution.
+Failed children never join. Real et al. use P = 100, S = 25 (the defaults, ``settings=paper``);
+a new search of fewer than 2,000 children gets P = 20, S = 5 for the options not given
+(``settings=auto``, saved as ``small``), which leave room for evolution after the random start
+(on the toy evaluator at 500 children: mean top-10 0.571 against 0.391 for random search).
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from typing import Any
 from nasnet.options import Options, check_at_least, option, require
 from nasnet.runtime import python_rng_state, set_python_rng_state
 from nasnet.space import DECISIONS_PER_BLOCK, SearchSpace
-from nasnet.strategies.base import CHECKPOINT_EVERY, Proposal, Strategy
+from nasnet.strategies.base import (
+    CHECKPOINT_EVERY,
+    Proposal,
+    Strategy,
+    check_settings,
+    settings_for_budget,
+    settings_option,
+)
+
+#: Population and tournament for small budgets (see the module docstring).
+SMALL_BUDGET_SETTINGS: dict[str, Any] = {"population": 20, "sample_size": 5}
 
 _FIELDS = ("input_1", "input_2", "op_1", "op_2", "combine")
 
@@ -30,10 +42,12 @@ class EvolutionOptions(Options):
     population: int = option(100, "population size P")
     sample_size: int = option(25, "tournament sample size S (at most P)")
     checkpoint_every: int = option(CHECKPOINT_EVERY, "results between two saved states")
+    settings: str = settings_option()
 
     def check(self) -> None:
         for name in ("population", "sample_size", "checkpoint_every"):
             check_at_least(self, name, 1)
+        check_settings(self)
         require(
             self.sample_size <= self.population,
             "sample_size",
@@ -46,6 +60,14 @@ class EvolutionStrategy(Strategy):
 
     name = "evolution"
     Options = EvolutionOptions
+
+    @classmethod
+    def options_for_budget(cls, options: dict[str, Any], budget: int) -> dict[str, Any]:
+        """``settings=auto``: P = 20, S = 5 below 2,000 children."""
+        resolved = settings_for_budget(options, budget, SMALL_BUDGET_SETTINGS)
+        if "sample_size" not in options and "population" in options:  # a small given P
+            resolved["sample_size"] = min(resolved["sample_size"], resolved["population"])
+        return resolved
 
     def __init__(self, space: SearchSpace, seed: int, **options: Any) -> None:
         super().__init__(space, seed, **options)

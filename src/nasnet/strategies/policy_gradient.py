@@ -11,13 +11,13 @@ Failed children (reward None) are counted but not learned from.
 Small budgets: the published settings (lr 0.00035 for PPO, batches of 20) are for 20,000
 children; with a few hundred the controller makes ten updates of tiny steps and samples as a
 random search would. The ``settings`` option therefore defaults to ``auto``: a new experiment
-with fewer than :data:`SMALL_BUDGET_LIMIT` children saves :data:`SMALL_BUDGET_SETTINGS` for
-every option the user did not give (``settings`` is saved as ``small``), a larger one the
-published values (saved as ``paper``). ``settings=paper`` (``--controller-settings paper``)
-keeps the published values at any budget. Evidence (``bench/search_quality.py`` and the toy
-evaluator at 200 children, 4 seeds, mean top-10 reward: paper settings 0.394 +- 0.011, random
+with fewer than 2,000 children (:data:`~nasnet.strategies.base.SMALL_BUDGET_LIMIT`) saves
+:data:`SMALL_BUDGET_SETTINGS` for every option the user did not give (``settings`` is saved as
+``small``), a larger one the published values (saved as ``paper``). ``settings=paper``
+(``--strategy-settings paper``) keeps the published values at any budget. Evidence (toy
+evaluator, 200 children, 4 seeds, mean top-10 reward: paper settings 0.394 +- 0.011, random
 0.388 +- 0.010, lr 0.005 with batches of 10 0.562 +- 0.030, lr 0.01 0.530, adding ENAS's tanh
-constant 2.5 0.511) is in the README.
+constant 2.5 0.511; real children: ``bench/search_quality.py``) is in the README.
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ from nasnet.controller import HIDDEN_SIZE, Controller
 from nasnet.options import Options, check_at_least, check_finite, option, require
 from nasnet.runtime import torch_threads
 from nasnet.space import SearchSpace
-from nasnet.strategies.base import Proposal, Strategy
+from nasnet.strategies.base import (
+    Proposal,
+    Strategy,
+    check_settings,
+    settings_for_budget,
+    settings_option,
+)
 
-#: Budgets below this get :data:`SMALL_BUDGET_SETTINGS` unless ``settings`` says otherwise.
-SMALL_BUDGET_LIMIT = 2000
 #: Controller settings for small budgets (see the module docstring for the measurements).
 SMALL_BUDGET_SETTINGS: dict[str, Any] = {"lr": 0.005, "batch_size": 10}
-SETTINGS = ("auto", "small", "paper")
 
 
 @dataclass
@@ -51,10 +54,7 @@ class PolicyGradientOptions(Options):
     hidden_size: int = option(HIDDEN_SIZE, "LSTM hidden units")
     temperature: float | None = option(None, "divide the logits by this (ENAS; none: off)")
     tanh_constant: float | None = option(None, "C * tanh(logits / C) (ENAS; none: off)")
-    settings: str = option(
-        "auto", f"auto: small-budget values {SMALL_BUDGET_SETTINGS} for options not given when "
-        f"a new search has < {SMALL_BUDGET_LIMIT} children; small; paper: the published values"
-    )  # fmt: skip
+    settings: str = settings_option()
 
     def check(self) -> None:
         check_finite(self, "lr", 0, 1, low_open=True)
@@ -65,8 +65,7 @@ class PolicyGradientOptions(Options):
         require(self.baseline_decay < 1, "baseline_decay", "must be below 1, got 1.0")
         check_finite(self, "temperature", 0, low_open=True)
         check_finite(self, "tanh_constant", 0, low_open=True)
-        require(self.settings in SETTINGS, "settings",
-                f"must be one of {', '.join(SETTINGS)}, got {self.settings!r}")  # fmt: skip
+        check_settings(self)
 
 
 class PolicyGradientStrategy(Strategy):
@@ -94,14 +93,8 @@ class PolicyGradientStrategy(Strategy):
 
     @classmethod
     def options_for_budget(cls, options: dict[str, Any], budget: int) -> dict[str, Any]:
-        """``settings=auto`` resolved against the budget: below :data:`SMALL_BUDGET_LIMIT`
-        children the options not given take :data:`SMALL_BUDGET_SETTINGS`."""
-        settings = options.get("settings", "auto")
-        if settings == "auto":
-            settings = "small" if budget < SMALL_BUDGET_LIMIT else "paper"
-        if settings != "small":
-            return {**options, "settings": settings}
-        return {**SMALL_BUDGET_SETTINGS, **options, "settings": "small"}
+        """``settings=auto``: :data:`SMALL_BUDGET_SETTINGS` below 2,000 children."""
+        return settings_for_budget(options, budget, SMALL_BUDGET_SETTINGS)
 
     def ask(self) -> Proposal:
         with torch_threads(1):  # the controller is tiny; spinning threads only slow it down
@@ -182,7 +175,6 @@ class PolicyGradientStrategy(Strategy):
 
 
 __all__ = [
-    "SMALL_BUDGET_LIMIT",
     "SMALL_BUDGET_SETTINGS",
     "PolicyGradientOptions",
     "PolicyGradientStrategy",

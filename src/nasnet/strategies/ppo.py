@@ -8,7 +8,7 @@ because children are proposed while earlier ones still train.
 
 These settings are for 20,000 children. A new search of fewer than 2,000 children gets
 small-budget values instead (lr 0.005, batches of 10) for the options not given, unless
-``settings=paper`` (``--controller-settings paper``); see
+``settings=paper`` (``--strategy-settings paper``); see
 :mod:`nasnet.strategies.policy_gradient`.
 """
 
