@@ -511,3 +511,15 @@ def test_executor_registry() -> None:
     assert isinstance(make_executor("inprocess", 1), InProcessExecutor)
     with pytest.raises(OptionError, match=r"^executor_options.threads: must be at least 1"):
         make_executor("local", 1, options={"threads": 0})
+
+
+def test_new_train_searches_stop_hopeless_children_by_default() -> None:
+    """Early stopping (median rule) is saved on for new searches; none turns it off; an
+    experiment saved without it (created before it was the default) keeps it off."""
+    assert resolve_config(None, {}).evaluator_options == {"stop_quantile": 0.5}
+    off = resolve_config(None, {"evaluator_options": {"stop_quantile": None}})
+    assert off.evaluator_options == {"stop_quantile": None}
+    assert resolve_config(off.to_dict(), {}).evaluator_options == {"stop_quantile": None}
+    older = {**resolve_config(None, {}).to_dict(), "evaluator_options": {}}
+    assert resolve_config(older, {"budget": 50}).build_evaluator().options.stop_quantile is None
+    assert resolve_config(None, {"evaluator": "toy"}).evaluator_options == {}

@@ -195,6 +195,7 @@ def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> Searc
     config = SearchConfig.from_dict(merged)
     if saved is None:
         config.strategy_options = _options_for_budget(config)
+        config.evaluator_options = _evaluator_options_for_new(config)
     config.check()
     if saved is not None:
         _check_unchanged(_with_defaults(base), _with_defaults(config.to_dict()), nested=True)
@@ -218,6 +219,19 @@ def _options_for_budget(config: SearchConfig) -> dict[str, Any]:
     if cls is None:
         return config.strategy_options
     return cls.options_for_budget(config.strategy_options, config.budget)
+
+
+def _evaluator_options_for_new(config: SearchConfig) -> dict[str, Any]:
+    """The evaluator options a new experiment saves (an unknown evaluator is left for
+    :meth:`SearchConfig.check` to name)."""
+    from nasnet.evaluators import EVALUATORS
+
+    cls = EVALUATORS.get(config.evaluator)
+    return (
+        config.evaluator_options
+        if cls is None
+        else cls.options_for_new_search(config.evaluator_options)
+    )
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:

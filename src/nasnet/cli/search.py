@@ -54,7 +54,8 @@ SHORTHANDS: dict[str, tuple[str, type, str]] = {
     "--entropy-weight": ("strategy_options.entropy_weight", float, "ppo/reinforce: entropy bonus"),
     "--population": ("strategy_options.population", int, "evolution: population size P"),
     "--sample-size": ("strategy_options.sample_size", int, "evolution: tournament sample S"),
-    "--stop-quantile": ("evaluator_options.stop_quantile", float, "train: early stopping quantile"),
+    "--stop-quantile": ("evaluator_options.stop_quantile", float, "train: early stopping "
+                        "quantile (new searches: 0.5; --evaluator-option stop_quantile=none: off)"),
     "--mult-adds-target": ("evaluator_options.mult_adds_target", float, "cost-aware: mult-adds M"),
     "--cost-weight": ("evaluator_options.cost_weight", float, "cost-aware reward exponent w"),
     "--toy-delay": ("evaluator_options.delay", float, "toy: seconds of sleep per child"),

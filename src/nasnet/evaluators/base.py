@@ -70,6 +70,12 @@ class Evaluator(ABC):
     def __init__(self, options: RewardOptions, child: TrainConfig, space: SearchSpace) -> None:
         self.options, self.child, self.space = options, child, space
 
+    @classmethod
+    def options_for_new_search(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options a new experiment saves: ``options`` (those given) plus defaults that
+        must be written down, because an experiment created without them keeps its own."""
+        return dict(options)
+
     @abstractmethod
     def measure(
         self, genotype: Genotype, seed: int, context: dict[str, Any]

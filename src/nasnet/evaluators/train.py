@@ -4,13 +4,14 @@ search's child :class:`~nasnet.train.TrainConfig`; the reward is its validation 
 for runs trained by ``nasnet train`` and ``nasnet transfer``. The dataset is loaded once per
 process and cached.
 
-Early stopping (off by default; ``stop_quantile``): the median stopping rule of Golovin et al.
-(2017), generalised to a quantile. A child whose validation accuracy after epoch ``e`` (from
-``stop_after`` on, never after the last epoch) is below the ``stop_quantile`` quantile of the
-accuracies that earlier children reached after epoch ``e`` stops there and reports what it
-reached (``stopped_early`` in its metrics). "Earlier" means told to the strategy before the
-child was proposed, and at least ``stop_min_peers`` of them must have reached epoch ``e``; so
-the thresholds follow from the experiment's event log and a resumed child gets the same.
+Early stopping (``stop_quantile``; on for new searches, see :data:`NEW_SEARCH_STOP_QUANTILE`):
+the median stopping rule of Golovin et al. (2017), generalised to a quantile. A child whose
+validation accuracy after epoch ``e`` (from ``stop_after`` on, never after the last epoch) is
+below the ``stop_quantile`` quantile of the accuracies that earlier children reached after
+epoch ``e`` stops there and reports what it reached (``stopped_early`` in its metrics).
+"Earlier" means told to the strategy before the child was proposed, and at least
+``stop_min_peers`` of them must have reached epoch ``e``; so the thresholds follow from the
+experiment's event log and a resumed child gets the same.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from nasnet.trials import TrialOutcome
 #: The metrics of a child run that a search keeps (never the test accuracy).
 KEPT_METRICS = ("val_accuracy", "train_accuracy", "val_loss", "params", "mult_adds", "seconds",
                 "epochs_done", "val_curve", "stopped_early")  # fmt: skip
+
+#: Early stopping of new searches: the median stopping rule. Measured (README, search quality):
+#: 300 random-search children of 2 epochs per arm, 3 seeds: 41 % stopped after epoch 1, 20 %
+#: fewer epochs trained, the same best cells (retrained test accuracy unchanged). Experiments
+#: created before it was the default saved no value and keep early stopping off.
+NEW_SEARCH_STOP_QUANTILE = 0.5
 
 _DATASETS: dict[tuple[str, int | None], Any] = {}
 
@@ -73,6 +80,12 @@ class TrainEvaluator(Evaluator):
     """See the module docstring."""
 
     name = "train"
+
+    @classmethod
+    def options_for_new_search(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Early stopping on unless given (``stop_quantile=none`` turns it off)."""
+        return {"stop_quantile": NEW_SEARCH_STOP_QUANTILE, **options}
+
     Options = TrainOptions
 
     def task_context(self, finished: list[dict[str, Any]]) -> dict[str, Any]:

@@ -56,7 +56,9 @@ def settings_for_budget(
 ) -> dict[str, Any]:
     """``settings=auto`` resolved against ``budget``: with ``small`` settings, the options not
     given take the values in ``small``; the resolved ``settings`` is saved with them."""
-    settings = options.get("settings") or "auto"  # None: the default, as for every option
+    settings = options.get("settings")
+    if settings is None or str(settings).lower() in ("auto", "none", "null"):  # the default
+        settings = "auto"
     if settings == "auto":
         settings = "small" if budget < SMALL_BUDGET_LIMIT else "paper"
     return {**(small if settings == "small" else {}), **options, "settings": settings}
