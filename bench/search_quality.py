@@ -287,12 +287,14 @@ def retrain_config(args: argparse.Namespace, seed: int) -> TrainConfig:
 
 
 def search_config(args: argparse.Namespace, arm: str, seed: int) -> SearchConfig:
-    """One arm's search; ``+stop`` arms add early stopping to the evaluator options."""
+    """One arm's search: plain arms train every child to the end (unless
+    ``--evaluator-option stop_quantile=...`` says otherwise), ``+stop`` arms stop hopeless
+    children at ``--stop-quantile``."""
     strategy, _, variant = arm.partition("+")
     if variant not in ("", "stop"):
         raise OptionError("strategies", f"unknown arm variant {variant!r} in {arm!r}; "
                           "the one variant is STRATEGY+stop")  # fmt: skip
-    evaluator_options = dict(args.evaluator_options)
+    evaluator_options = {"stop_quantile": None, **args.evaluator_options}
     if variant == "stop":
         evaluator_options["stop_quantile"] = args.stop_quantile
     return SearchConfig(

@@ -113,7 +113,7 @@ def test_stop_arms_add_early_stopping_to_their_strategy(bench):
                              "--stop-quantile", "0.25"])  # fmt: skip
     plain, stop = (bench.search_config(args, arm, 0) for arm in ("random", "random+stop"))
     assert plain.strategy == stop.strategy == "random"
-    assert "stop_quantile" not in plain.evaluator_options
+    assert plain.evaluator_options["stop_quantile"] is None  # not the searches' default
     assert stop.evaluator_options["stop_quantile"] == 0.25
     with pytest.raises(bench.OptionError, match="STRATEGY\\+stop"):
         bench.search_config(args, "random+fast", 0)
