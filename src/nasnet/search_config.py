@@ -194,8 +194,7 @@ def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> Searc
         _check_unchanged(base, merged, nested=False)
     config = SearchConfig.from_dict(merged)
     if saved is None:
-        config.strategy_options = _options_for_budget(config)
-        config.evaluator_options = _evaluator_options_for_new(config)
+        _complete_new_options(config)
     config.check()
     if saved is not None:
         _check_unchanged(_with_defaults(base), _with_defaults(config.to_dict()), nested=True)
@@ -210,28 +209,20 @@ def _keeps_state(evaluator: Any) -> bool:
     return bool(getattr(EVALUATORS.get(evaluator), "stateful", False))
 
 
-def _options_for_budget(config: SearchConfig) -> dict[str, Any]:
-    """The strategy options a new experiment saves, completed from its budget by the strategy
-    (an unknown strategy is left for :meth:`SearchConfig.check` to name)."""
+def _complete_new_options(config: SearchConfig) -> None:
+    """Write down the strategy's and the evaluator's options a new experiment saves: the
+    strategy's completed from the budget, the evaluator's new-search defaults (an unknown part
+    is left for :meth:`SearchConfig.check` to name)."""
+    from nasnet.evaluators import EVALUATORS
     from nasnet.strategies import STRATEGIES
 
-    cls = STRATEGIES.get(config.strategy)
-    if cls is None:
-        return config.strategy_options
-    return cls.options_for_budget(config.strategy_options, config.budget)
-
-
-def _evaluator_options_for_new(config: SearchConfig) -> dict[str, Any]:
-    """The evaluator options a new experiment saves (an unknown evaluator is left for
-    :meth:`SearchConfig.check` to name)."""
-    from nasnet.evaluators import EVALUATORS
-
-    cls = EVALUATORS.get(config.evaluator)
-    return (
-        config.evaluator_options
-        if cls is None
-        else cls.options_for_new_search(config.evaluator_options)
-    )
+    strategy, evaluator = STRATEGIES.get(config.strategy), EVALUATORS.get(config.evaluator)
+    if strategy is not None:
+        config.strategy_options = strategy.options_for_budget(
+            config.strategy_options, config.budget
+        )
+    if evaluator is not None:
+        config.evaluator_options = evaluator.options_for_new_search(config.evaluator_options)
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:

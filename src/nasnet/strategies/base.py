@@ -101,14 +101,17 @@ class Strategy(ABC):
     name: str = ""
     #: The strategy's hyper-parameters, with defaults, help and checks.
     Options: ClassVar[type[Options]] = Options
+    #: Values a new search of fewer than :data:`SMALL_BUDGET_LIMIT` children saves for the
+    #: options not given (``settings=auto``); None: the strategy has no ``settings`` option.
+    small_budget_settings: ClassVar[dict[str, Any] | None] = None
 
     @classmethod
     def options_for_budget(cls, options: dict[str, Any], budget: int) -> dict[str, Any]:
         """The options a new experiment of ``budget`` children saves: ``options`` (those the
-        user gave) completed with values that depend on the budget. None by default;
-        :class:`~nasnet.strategies.policy_gradient.PolicyGradientStrategy` uses it to pick
-        small-budget controller settings."""
-        return dict(options)
+        user gave) completed with :attr:`small_budget_settings` when the budget is small."""
+        if cls.small_budget_settings is None:
+            return dict(options)
+        return settings_for_budget(options, budget, cls.small_budget_settings)
 
     def __init__(self, space: SearchSpace, seed: int, **options: Any) -> None:
         self.space = space

@@ -27,7 +27,6 @@ from nasnet.strategies.base import (
     Proposal,
     Strategy,
     check_settings,
-    settings_for_budget,
     settings_option,
 )
 
@@ -60,11 +59,12 @@ class EvolutionStrategy(Strategy):
 
     name = "evolution"
     Options = EvolutionOptions
+    small_budget_settings = SMALL_BUDGET_SETTINGS
 
     @classmethod
     def options_for_budget(cls, options: dict[str, Any], budget: int) -> dict[str, Any]:
-        """``settings=auto``: P = 20, S = 5 below 2,000 children."""
-        resolved = settings_for_budget(options, budget, SMALL_BUDGET_SETTINGS)
+        """Also keeps the tournament within a small population that was given."""
+        resolved = super().options_for_budget(options, budget)
         if "sample_size" not in options and "population" in options:  # a small given P
             resolved["sample_size"] = min(resolved["sample_size"], resolved["population"])
         return resolved

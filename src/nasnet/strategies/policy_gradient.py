@@ -35,7 +35,6 @@ from nasnet.strategies.base import (
     Proposal,
     Strategy,
     check_settings,
-    settings_for_budget,
     settings_option,
 )
 
@@ -72,6 +71,7 @@ class PolicyGradientStrategy(Strategy):
     """Controller + Adam + EMA baseline + result batch; subclasses define :meth:`_loss`."""
 
     Options = PolicyGradientOptions
+    small_budget_settings = SMALL_BUDGET_SETTINGS
     #: Optimisation passes over each batch.
     epochs_per_update = 1
 
@@ -90,11 +90,6 @@ class PolicyGradientStrategy(Strategy):
         self.batch: list[dict[str, Any]] = []
         self.updates = 0
         self.last_update: dict[str, float] = {}
-
-    @classmethod
-    def options_for_budget(cls, options: dict[str, Any], budget: int) -> dict[str, Any]:
-        """``settings=auto``: :data:`SMALL_BUDGET_SETTINGS` below 2,000 children."""
-        return settings_for_budget(options, budget, SMALL_BUDGET_SETTINGS)
 
     def ask(self) -> Proposal:
         with torch_threads(1):  # the controller is tiny; spinning threads only slow it down
