@@ -60,6 +60,7 @@ from scipy import stats
 
 from nasnet.data import load_dataset
 from nasnet.executors import make_executor
+from nasnet.files import json_safe
 from nasnet.options import OptionError
 from nasnet.results import (
     best_so_far,
@@ -707,18 +708,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   "strategies": summary, "searches": numbers,
                   "fidelity": fidelity}  # fmt: skip
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(without_nan(result), fh, indent=1)
-
-
-def without_nan(value: Any) -> Any:
-    """``value`` with NaN floats as None (strict JSON has no NaN)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: without_nan(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [without_nan(v) for v in value]
-    return value
+            json.dump(json_safe(result), fh, indent=1)
 
 
 def failures(runs: list[SearchRun], jobs: list[Job], cache: JobCache) -> str:

@@ -4,6 +4,7 @@ the same folder, then rename it over the target (atomic on POSIX and Windows).""
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -64,6 +65,17 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinite floats replaced by None (strict JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def atomic_write_json(path: str, data: Any) -> None:

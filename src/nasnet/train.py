@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasnet.data import MAX_IMAGE_SIZE, Augment, Dataset, load_dataset
-from nasnet.files import atomic_torch_save, atomic_write_text
+from nasnet.files import atomic_torch_save, atomic_write_text, json_safe
 from nasnet.genotypes import resolve_genotype
 from nasnet.options import OptionError, check_finite, require
 from nasnet.runtime import (
@@ -418,7 +418,7 @@ class ChildTrainer:
     def save(self) -> None:
         assert self.out_dir is not None
         atomic_torch_save(self.state(), os.path.join(self.out_dir, CHECKPOINT_FILE))
-        lines = "".join(json.dumps(_finite(m), allow_nan=False) + "\n" for m in self.history)
+        lines = "".join(json.dumps(json_safe(m), allow_nan=False) + "\n" for m in self.history)
         atomic_write_text(os.path.join(self.out_dir, METRICS_FILE), lines)
 
 
@@ -526,7 +526,7 @@ def check_out_dir(out_dir: str, config: TrainConfig) -> None:
 def _write_result(out_dir: str, result: dict) -> None:
     try:
         os.makedirs(out_dir, exist_ok=True)
-        text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
+        text = json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n"
         atomic_write_text(os.path.join(out_dir, RESULT_FILE), text)
     except OSError as err:
         if result["status"] == "done":
@@ -669,17 +669,6 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator) -> None:
     aug_gen.set_state(state["augment"])
     set_numpy_rng_state(state["numpy"])
     set_python_rng_state(state["python"])
-
-
-def _finite(value: object) -> object:
-    """``value`` with NaN and infinite floats replaced by None (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 __all__ = [

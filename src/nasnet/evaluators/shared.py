@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasnet.evaluators.base import Evaluator, RewardOptions
-from nasnet.evaluators.train import cached_dataset
-from nasnet.options import OptionError, check_at_least, check_finite, option
+from nasnet.evaluators.train import cached_dataset, check_child_dataset
+from nasnet.options import check_at_least, check_finite, option
 from nasnet.space import Genotype
 from nasnet.trials import TrialOutcome
 
@@ -106,12 +106,7 @@ class SharedEvaluator(Evaluator):
     # -- setup --------------------------------------------------------------------------------
 
     def check_setup(self) -> None:
-        from nasnet.data import DatasetError, check_dataset_spec
-
-        try:
-            check_dataset_spec(self.child.dataset)
-        except DatasetError as err:
-            raise OptionError("child.dataset", str(err)) from None
+        check_child_dataset(self.child.dataset)
 
     def load_shared_data(self) -> Any:
         return cached_dataset(self.child.dataset, self.child.image_size)

@@ -50,6 +50,16 @@ def cached_dataset(spec: str, image_size: int | None = None) -> Any:
     return _DATASETS[key]
 
 
+def check_child_dataset(spec: str) -> None:
+    """The children's dataset spec names something readable (without loading every image)."""
+    from nasnet.data import DatasetError, check_dataset_spec
+
+    try:
+        check_dataset_spec(spec)
+    except DatasetError as err:
+        raise OptionError("child.dataset", str(err)) from None
+
+
 @dataclass
 class TrainOptions(RewardOptions):
     stop_quantile: float | None = option(
@@ -80,13 +90,12 @@ class TrainEvaluator(Evaluator):
     """See the module docstring."""
 
     name = "train"
+    Options = TrainOptions
 
     @classmethod
     def options_for_new_search(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Early stopping on unless given (``stop_quantile=none`` turns it off)."""
         return {"stop_quantile": NEW_SEARCH_STOP_QUANTILE, **options}
-
-    Options = TrainOptions
 
     def task_context(self, finished: list[dict[str, Any]]) -> dict[str, Any]:
         """The early-stopping threshold after each epoch (None where there is none)."""
@@ -120,13 +129,7 @@ class TrainEvaluator(Evaluator):
         return metrics
 
     def check_setup(self) -> None:
-        """The dataset spec names something readable (without loading every image)."""
-        from nasnet.data import DatasetError, check_dataset_spec
-
-        try:
-            check_dataset_spec(self.child.dataset)
-        except DatasetError as err:
-            raise OptionError("child.dataset", str(err)) from None
+        check_child_dataset(self.child.dataset)
 
     def shared_data_key(self) -> tuple:
         return (self.child.dataset, self.child.image_size)
