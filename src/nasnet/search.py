@@ -222,14 +222,15 @@ class Search:
         failures. The executor is shut down on return (or interruption), and trials still
         running are marked queued (they are trained again on resume)."""
         stats = self.stats
+        done = self.store.trials(TrialStatus.DONE)
+        self.told_metrics = sorted(((t.tell_seq or 0, t.metrics) for t in done),
+                                   key=lambda item: item[0])  # fmt: skip
         stats.replayed = self.restore()
         counts = self.store.counts()
         stats.finished, stats.failed = counts["done"], counts["failed"]
-        for trial in self.store.trials(TrialStatus.DONE):
+        for trial in done:
             if stats.best_reward is None or (trial.reward or 0) > stats.best_reward:
                 stats.best_reward, stats.best_trial = trial.reward, trial.id
-            self.told_metrics.append((trial.tell_seq or 0, trial.metrics))
-        self.told_metrics.sort(key=lambda item: item[0])
         try:
             self._emit("start", None)
             pending = self._unfinished()
@@ -327,14 +328,17 @@ class Search:
     def _submit(self, trial_id: int, genotype: dict[str, Any], seed: int, ask_seq: int) -> None:
         assert self.executor is not None
         config = self.config
-        finished = [metrics for seq, metrics in self.told_metrics if seq < ask_seq]
         task = Task(trial_id=trial_id, genotype=genotype, seed=seed, evaluator=config.evaluator,
                     options=config.evaluator_options, child=config.child.to_dict(),
-                    space=self.space.to_dict(),
-                    context=self.evaluator.task_context(finished))  # fmt: skip
+                    space=self.space.to_dict(), context=self._task_context(ask_seq))  # fmt: skip
         self.executor.submit(trial_id, task)
         self.stats.running = self.executor.running
         self._emit("submit", None)
+
+    def _task_context(self, ask_seq: int) -> dict[str, Any]:
+        """What the evaluator derives from the results told before event ``ask_seq``."""
+        finished = [metrics for seq, metrics in self.told_metrics if seq < ask_seq]
+        return self.evaluator.task_context(finished)
 
     def _finish(self, result: TrialResult) -> None:
         proposal = self.proposals.pop(result.trial_id)
@@ -379,10 +383,7 @@ class Search:
     def _remeasure(self, trial: TrialRecord) -> None:
         """Measure a replayed child again, to bring the evaluator's state to where it was
         when the child was told (its stored result stays what the strategy was told)."""
-        done = [t for t in self.store.trials(TrialStatus.DONE)
-                if t.tell_seq is not None and t.tell_seq < trial.ask_seq]  # fmt: skip
-        done.sort(key=lambda t: t.tell_seq or 0)
-        context = self.evaluator.task_context([t.metrics for t in done])
+        context = self._task_context(trial.ask_seq)
         outcome = call_safely(lambda g: self.evaluator.evaluate(g, trial.seed, context),
                               trial.genotype)  # fmt: skip
         if outcome.reward != _told_reward(trial):
