@@ -185,3 +185,24 @@ def test_exports_trace_the_plain_path():
     with torch.no_grad():
         torch.jit.trace(model, torch.randn(1, 3, 8, 8), check_trace=False)
     assert traced == [False]
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_strided_view_gradients_keep_channels_last(offset):
+    # A mixed-layout gradient sends the ReLU and 1x1 weight gradients of every tensor read by
+    # a factorized reduction down a slow path; autograd's own slice backward is NCHW.
+    def gradient_layout(on: bool) -> bool:
+        leaf = torch.randn(2, 5, 7, 7).to(memory_format=torch.channels_last).requires_grad_()
+        x = leaf * 2.0
+        seen = []
+        x.register_hook(lambda g: seen.append(g))
+        with fast_paths(on, "layout_preserving_subsample"):
+            y = ops.subsample(x, (2, 2), offset=offset)
+        (y * torch.arange(y.numel()).reshape(y.shape)).sum().backward()
+        expected = torch.zeros(2, 5, 7, 7)
+        expected[:, :, offset::2, offset::2] = torch.arange(y.numel()).reshape(y.shape).float()
+        assert torch.equal(seen[0], expected)
+        return seen[0].is_contiguous(memory_format=torch.channels_last)
+
+    assert gradient_layout(True)
+    assert not gradient_layout(False)  # what the fast path exists to avoid

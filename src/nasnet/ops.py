@@ -38,7 +38,8 @@ from torch import nn
 #: convolutions of small channels_last maps run as a matrix product of the (pixels, channels)
 #: view, which has less fixed cost per call than oneDNN's convolution; ``native_padding``:
 #: strided "SAME" convolutions whose padding happens to be symmetric (odd sizes) pass it to the
-#: convolution instead of padding a copy.
+#: convolution instead of padding a copy; ``layout_preserving_subsample``: the gradient of a
+#: strided view keeps the input's memory layout (see :func:`subsample`).
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
@@ -47,6 +48,7 @@ FAST_PATHS: dict[str, bool] = {
     "fused_drop_path": True,
     "pointwise_matmul": True,
     "native_padding": True,
+    "layout_preserving_subsample": True,
 }
 
 
@@ -57,8 +59,34 @@ def subsample(x: torch.Tensor, stride: tuple[int, int], offset: int = 0) -> torc
     same function). oneDNN's strided 1x1 weight gradient writes past its workspace for
     channels_last inputs with fewer input channels than its channel block (8 with AVX2, 16
     with AVX-512; oneDNN issue 6035, torch 2.13 CPU): heap corruption for small children.
+
+    Its gradient keeps the input's memory layout: autograd's own slice backward allocates an
+    NCHW-contiguous zero tensor, and adding that to the channels_last gradients of the
+    tensor's other readers sends every later elementwise backward (ReLU, sums) and 1x1
+    weight gradient down a slow mixed-layout path (4x slower for the shared ReLU).
     """
+    if fast("layout_preserving_subsample") and x.requires_grad:
+        return _Subsample.apply(x, stride[0], stride[1], offset)
     return x[:, :, offset :: stride[0], offset :: stride[1]]
+
+
+class _Subsample(torch.autograd.Function):
+    """``x[:, :, offset::sh, offset::sw]`` whose gradient has the strides of ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sh: int, sw: int, offset: int) -> torch.Tensor:
+        layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format  # fmt: skip
+        ctx.geometry = (x.shape, layout, sh, sw, offset)
+        return x[:, :, offset::sh, offset::sw]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        shape, layout, sh, sw, offset = ctx.geometry
+        grad_x = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
+        grad_x.zero_()
+        grad_x[:, :, offset::sh, offset::sw] = grad
+        return grad_x, None, None, None
 
 
 def fast(name: str) -> bool:
