@@ -25,10 +25,8 @@ the whole validation split (``final_val_batches``): that becomes its reward and
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,27 +42,6 @@ from nasnet.trials import TrialOutcome
 
 #: Version of :meth:`SharedEvaluator.state_dict`'s layout.
 STATE_VERSION = 1
-
-#: Fast paths of :mod:`nasnet.ops` turned off while the supernet runs: on 2026-11-23 the
-#: strided factorized reduction crashed the process (heap corruption in the backward of the
-#: padded stride-2 1x1 convolution on channels_last maps, torch 2.13 CPU) for some cells,
-#: standalone networks included; the plain formulation computes the same function.
-UNSAFE_FAST_PATHS = ("strided_factorized",)
-
-
-@contextlib.contextmanager
-def safe_fast_paths() -> Iterator[None]:
-    """Run the block with :data:`UNSAFE_FAST_PATHS` off (restored afterwards)."""
-    from nasnet import ops
-
-    table = getattr(ops, "FAST_PATHS", {})
-    saved = {name: table[name] for name in UNSAFE_FAST_PATHS if name in table}
-    for name in saved:
-        table[name] = False
-    try:
-        yield
-    finally:
-        table.update(saved)
 
 
 @dataclass
@@ -284,13 +261,12 @@ class SharedEvaluator(Evaluator):
         self._ready()
         self.supernet.check(genotype)
         tic = time.perf_counter()
-        with safe_fast_paths():
-            if not self.warmed:
-                self._warmup()
-            n = len(self.load_shared_data().train_y)
-            batches, gen = self._batches(n, self.opts.train_steps, seed)
-            losses = [self._train_step(genotype, idx, gen) for idx in batches]
-            accuracy, val_loss, images = self.score(genotype, self.opts.val_batches, seed + 1)
+        if not self.warmed:
+            self._warmup()
+        n = len(self.load_shared_data().train_y)
+        batches, gen = self._batches(n, self.opts.train_steps, seed)
+        losses = [self._train_step(genotype, idx, gen) for idx in batches]
+        accuracy, val_loss, images = self.score(genotype, self.opts.val_batches, seed + 1)
         return {
             "val_accuracy": accuracy,
             "val_loss": val_loss,
@@ -306,8 +282,7 @@ class SharedEvaluator(Evaluator):
 
     def final_metrics(self, genotype: Genotype) -> dict[str, Any] | None:
         self._ready()
-        with safe_fast_paths():
-            accuracy, loss, images = self.score(genotype, self.opts.final_val_batches, 0)
+        accuracy, loss, images = self.score(genotype, self.opts.final_val_batches, 0)
         return {"val_accuracy": accuracy, "val_loss": loss, "final_val_accuracy": accuracy,
                 "final_val_images": images, "final_supernet_steps": self.steps,
                 **self._cost(genotype)}  # fmt: skip

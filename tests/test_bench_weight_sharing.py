@@ -1,0 +1,44 @@
+"""bench/weight_sharing.py's equal-wall-time comparison: a standalone search stopped on time."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+
+from nasnet.store import Store
+from nasnet.trials import TrialStatus
+
+FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark as the module ``weight_sharing`` (its sibling ``search_quality`` too)."""
+    sys.path.insert(0, FOLDER)
+    try:
+        yield importlib.import_module("weight_sharing")
+    finally:
+        sys.path.remove(FOLDER)
+        sys.modules.pop("weight_sharing", None)
+        sys.modules.pop("search_quality", None)
+
+
+def test_a_timed_standalone_search_stops_cleanly_and_keeps_its_children(bench, tmp_path):
+    cache = bench.sq.JobCache(str(tmp_path / "jobs.jsonl"))
+    directory = str(tmp_path / "random-seed0")
+    assert bench.standalone_search(directory, "random", 0, 0.0, cache)["architectures"] == 0
+
+    result = bench.standalone_search(directory, "random", 0, 30.0, cache)  # resumes the store
+    with Store.open(directory, readonly=True) as store:
+        trials = store.trials()
+    done = [t for t in trials if t.status is TrialStatus.DONE]
+    assert 0 < result["architectures"] == len(done) < bench.STANDALONE_BUDGET
+    assert not [t for t in trials if t.status is TrialStatus.RUNNING]
+    assert 30.0 <= result["seconds"] < 120.0
+    assert bench.top_cells(directory, 1)[0].proxy == max(t.reward for t in done)
+
+    again = bench.standalone_search(directory, "random", 0, 30.0, cache)  # cached: not re-run
+    assert again == result
