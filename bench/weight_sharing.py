@@ -18,9 +18,9 @@ supernet's size at digits and CIFAR size.
    on the test split, with ``bench/search_quality.py``'s protocol and job cache; the best-found
    cell's test accuracy and the top-k mean are reported as mean +- 95 % interval over seeds.
 
-    python bench/weight_sharing.py            # budget 300, 30 cells: about 25 minutes on 2 cores
+    python bench/weight_sharing.py            # budget 300, 30 cells: about 10 minutes on 2 cores
     python bench/weight_sharing.py --quick    # budget 60, 10 cells: about 5 minutes
-    python bench/weight_sharing.py --budget 200 --compare-seeds 2 --out runs/ws-bench
+    python bench/weight_sharing.py --budget 200 --compare-seeds 3 --out runs/ws  # 47 minutes
 """
 
 from __future__ import annotations

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
-import sys
 
 import pytest
 
-PATH = os.path.join(os.path.dirname(__file__), "..", "bench", "search_quality.py")
+from tests.conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
     """The benchmark as the module ``search_quality`` (importable by its worker processes)."""
-    folder = os.path.dirname(os.path.abspath(PATH))
-    sys.path.insert(0, folder)
-    try:
-        yield importlib.import_module("search_quality")
-    finally:
-        sys.path.remove(folder)
-        sys.modules.pop("search_quality", None)
+    with bench_module("search_quality") as module:
+        yield module
 
 
 def test_kendall_tau_b_with_a_tie(bench):

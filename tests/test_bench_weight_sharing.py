@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 
 from nasnet.store import Store
 from nasnet.trials import TrialStatus
-
-FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench")
+from tests.conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The benchmark as the module ``weight_sharing`` (its sibling ``search_quality`` too)."""
-    sys.path.insert(0, FOLDER)
-    try:
-        yield importlib.import_module("weight_sharing")
-    finally:
-        sys.path.remove(FOLDER)
-        sys.modules.pop("weight_sharing", None)
-        sys.modules.pop("search_quality", None)
+    """The benchmark as the module ``weight_sharing`` (it imports ``search_quality``)."""
+    with bench_module("weight_sharing") as module:
+        yield module
 
 
 def test_a_timed_standalone_search_stops_cleanly_and_keeps_its_children(bench, tmp_path):
