@@ -63,7 +63,7 @@ def subsample(x: torch.Tensor, stride: tuple[int, int], offset: int = 0) -> torc
     Its gradient keeps the input's memory layout: autograd's own slice backward allocates an
     NCHW-contiguous zero tensor, and adding that to the channels_last gradients of the
     tensor's other readers sends every later elementwise backward (ReLU, sums) and 1x1
-    weight gradient down a slow mixed-layout path (4x slower for the shared ReLU).
+    weight gradient down a slow mixed-layout path (2x slower for the shared ReLU).
     """
     if fast("layout_preserving_subsample") and x.requires_grad:
         return _Subsample.apply(x, stride[0], stride[1], offset)
