@@ -104,3 +104,34 @@ def test_extending_a_finished_search_tells_the_search_time_rewards(tmp_path) -> 
     run_search(extended, tiny_config(budget=4, **options))
     run_search(extended, tiny_config(budget=6, **options))
     assert trials_of(extended) == trials_of(reference)
+
+
+def test_a_ranking_near_chance_is_flagged(tmp_path, capsys) -> None:
+    from nasnet.evaluators import evaluator_for
+    from nasnet.evaluators.base import Task
+
+    config = tiny_config()
+    task = Task(trial_id=0, genotype={}, seed=0, evaluator="shared", options=EVALUATOR,
+                child=config.child.to_dict(), space=config.space.to_dict())  # fmt: skip
+    evaluator = evaluator_for(task)  # 4 classes: chance 0.25, the line is at a median of 0.5
+    near_chance = [{"val_accuracy": v} for v in (0.2, 0.3, 0.45, 0.9)]
+    warning = evaluator.ranking_warning(near_chance)
+    assert warning is not None and "median cell 0.450 (chance 0.250)" in warning
+    assert evaluator.ranking_warning([{"val_accuracy": v} for v in (0.3, 0.5, 0.9)]) is None
+    assert evaluator.ranking_warning([]) is None
+
+    # the search passes every distinct cell's final score and the CLI prints the line
+    out = str(tmp_path / "ws")
+    assert main(["search", "--out", out, "--evaluator", "shared", "--strategy", "random",
+                 "--budget", "4", "--blocks", "2", "--dataset", DATA, "--child-filters", "4",
+                 "--evaluator-option", "warmup_steps=2", "--evaluator-option",
+                 "batch_size=16", "--executor-option", "threads=1"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    with Store.open(out, readonly=True) as store:
+        finals = {t.hash: {"val_accuracy": t.metrics["final_val_accuracy"]}
+                  for t in store.trials()}  # fmt: skip
+    expected = evaluator.ranking_warning(list(finals.values()))
+    if expected is None:
+        assert "warning:" not in printed
+    else:
+        assert f"warning: {expected}" in printed

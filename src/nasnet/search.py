@@ -65,6 +65,8 @@ class SearchStats:
     last_error: str | None = None
     replayed: int = 0
     resumed: bool = False
+    #: The evaluator's warning about the final ranking (stateful evaluators), if any.
+    ranking_warning: str | None = None
 
     @property
     def children_per_hour(self) -> float:
@@ -429,6 +431,9 @@ class Search:
         best = leaderboard(self.store.trials(), 1)
         if best:
             self.stats.best_reward, self.stats.best_trial = best[0].reward, best[0].id
+        self.stats.ranking_warning = self.evaluator.ranking_warning(
+            [final for final in finals.values() if final is not None]
+        )
 
 
 def _told_reward(trial: TrialRecord) -> float | None:

@@ -228,6 +228,8 @@ def run_search_command(args: argparse.Namespace) -> int:
         f"See: nasnet show {args.out}",
         soft_wrap=True,
     )
+    if stats.ranking_warning:
+        console.print(f"warning: {stats.ranking_warning}", soft_wrap=True, highlight=False)
     return 0
 
 

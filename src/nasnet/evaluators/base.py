@@ -154,5 +154,10 @@ class Evaluator(ABC):
         rank the cells of a finished search; None keeps the search-time ones."""
         return None
 
+    def ranking_warning(self, finals: list[dict[str, Any]]) -> str | None:
+        """One line for the user when the final ranking (``final_metrics`` of every distinct
+        cell) says little, else None."""
+        return None
+
 
 __all__ = ["Evaluator", "RewardOptions", "Task", "cost_aware_reward"]

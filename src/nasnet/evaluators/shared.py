@@ -287,5 +287,19 @@ class SharedEvaluator(Evaluator):
                 "final_val_images": images, "final_supernet_steps": self.steps,
                 **self._cost(genotype)}  # fmt: skip
 
+    def ranking_warning(self, finals: list[dict[str, Any]]) -> str | None:
+        """A warning when the median cell scores below twice chance: the supernet is too
+        little trained for its ranking to mean much (see the README's measurements)."""
+        scores = sorted(float(f["val_accuracy"]) for f in finals if f)
+        if not scores:
+            return None
+        chance = 1.0 / self.load_shared_data().num_classes
+        median = scores[len(scores) // 2]
+        if median >= 2 * chance:
+            return None
+        return (f"the supernet scores the median cell {median:.3f} (chance {chance:.3f}): its "
+                "ranking says little at this budget; retrain the top cells standalone "
+                "(nasnet transfer) or search with --evaluator train")  # fmt: skip
+
 
 __all__ = ["SharedEvaluator", "SharedOptions"]
