@@ -443,6 +443,16 @@ class FactorizedReduction(nn.Module):
         return self.bn(torch.cat([self.path_1(x), self.path_2(x)], dim=1))
 
 
+def odd_pixels_1x1(x: torch.Tensor, conv: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The factorized reduction's shifted path: ``conv`` (a 1x1 convolution, no bias) of the
+    odd pixels, i.e. of the even pixels after a one-pixel diagonal shift that brings in zeros
+    at the bottom/right edge. Computed on the view ``x[:, :, 1::2, 1::2]``; where odd sizes
+    reach that zero row/column, its output (zero) is appended to the 4x smaller result."""
+    height, width = _spatial(x)
+    out = conv(subsample(x, (2, 2), offset=1))
+    return F.pad(out, (0, width % 2, 0, height % 2)) if height % 2 or width % 2 else out
+
+
 class SubsampleConv1x1(nn.Conv2d):
     """1x1 convolution (no bias) of the pixels at even positions (``shift=0``) or, after a
     one-pixel diagonal shift with a zero row/column at the bottom/right, odd ones (``shift=1``).
@@ -462,9 +472,8 @@ class SubsampleConv1x1(nn.Conv2d):
         if not fast("strided_factorized"):
             shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
             return pointwise(subsample(shifted, (2, 2)), self.weight, super().forward)
-        height, width = _spatial(x)
-        out = pointwise(subsample(x, (2, 2), offset=1), self.weight, super().forward)
-        return F.pad(out, (0, width % 2, 0, height % 2)) if height % 2 or width % 2 else out
+        conv = super().forward
+        return odd_pixels_1x1(x, lambda pixels: pointwise(pixels, self.weight, conv))
 
 
 class DropPath(nn.Module):

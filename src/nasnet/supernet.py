@@ -166,13 +166,10 @@ class PiecewiseLinear(nn.Module):
 
 def _factorized(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """``FactorizedReduction``'s two stride-2 paths, concatenated: the even pixels, and the
-    odd ones (a one-pixel diagonal shift with zeros past the bottom/right edge), each as a
-    strided view and a stride-1 convolution, as ``nasnet.ops.SubsampleConv1x1`` computes them."""
-    height, width = x.shape[-2:]
+    odd ones (:func:`nasnet.ops.odd_pixels_1x1`), as ``nasnet.ops.SubsampleConv1x1`` computes
+    them."""
     even = F.conv2d(_ops.subsample(x, (2, 2)), w1)
-    odd = F.conv2d(_ops.subsample(x, (2, 2), offset=1), w2)
-    if height % 2 or width % 2:
-        odd = F.pad(odd, (0, width % 2, 0, height % 2))
+    odd = _ops.odd_pixels_1x1(x, lambda pixels: F.conv2d(pixels, w2))
     return torch.cat([even, odd], 1)
 
 
