@@ -352,16 +352,13 @@ def run_one_search(args, root: str, cache: JobCache, strategy: str, seed: int) -
     """Run (or resume, or reuse when finished) one search; its wall time is cached."""
     config = search_config(args, strategy, seed)
     directory = os.path.join(root, f"{strategy}-seed{seed}")
-    key = f"search:{strategy}:{seed}:{digest(config.to_dict())}"
-    if cache.get(key) is None:
-        started = time.perf_counter()
-        run_search(directory, config)
-        cache.put(key, {"seconds": time.perf_counter() - started})
+    seconds = timed_once(cache, f"search:{strategy}:{seed}:{digest(config.to_dict())}",
+                         lambda: run_search(directory, config))  # fmt: skip
     with Store.open(directory, readonly=True) as store:
         trials = store.trials()
         saved_options = dict(store.config().get("strategy_options", {}))
     ranked = [Cell(t.hash, t.genotype_json, float(t.reward or 0.0)) for t in leaderboard(trials)]
-    run = SearchRun(strategy, seed, directory, cache.get(key)["seconds"],
+    run = SearchRun(strategy, seed, directory, seconds,
                     rewards_in_finish_order(trials), ranked,
                     sum(1 for t in trials if t.metrics.get("stopped_early")),
                     sum(1 for t in trials if t.status is TrialStatus.FAILED),
@@ -369,6 +366,16 @@ def run_one_search(args, root: str, cache: JobCache, strategy: str, seed: int) -
     print(f"  {run.name}: {len(run.rewards)} children in {run.seconds:.0f} s, best proxy "
           f"{max(run.rewards, default=math.nan):.3f}", flush=True)  # fmt: skip
     return run
+
+
+def timed_once(cache: JobCache, key: str, run: Callable[[], Any]) -> float:
+    """Wall seconds of ``run()``, run only if ``key`` is not in the cache yet (a rerun with
+    ``--out`` reuses the finished work and its measured time)."""
+    if cache.get(key) is None:
+        started = time.perf_counter()
+        run()
+        cache.put(key, {"seconds": time.perf_counter() - started})
+    return cache.get(key)["seconds"]
 
 
 def digest(data: Any) -> str:

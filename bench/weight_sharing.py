@@ -45,6 +45,7 @@ from nasnet.search import SearchStats, run_search
 from nasnet.search_config import SearchConfig, default_child
 from nasnet.space import SearchSpace
 from nasnet.store import Store
+from nasnet.strategies.base import SMALL_BUDGET_LIMIT
 
 
 def weight_sharing_search(
@@ -56,12 +57,8 @@ def weight_sharing_search(
         executor_options={"threads": args.threads}, budget=args.budget, workers=1, seed=seed,
         evaluator_options={"warmup_steps": args.warmup}, reuse=False,
     )  # fmt: skip
-    key = f"ws-search:{seed}:{sq.digest(config.to_dict())}"
-    if cache.get(key) is None:
-        tic = time.perf_counter()
-        run_search(directory, config)
-        cache.put(key, {"seconds": time.perf_counter() - tic})
-    seconds = cache.get(key)["seconds"]
+    seconds = sq.timed_once(cache, f"ws-search:{seed}:{sq.digest(config.to_dict())}",
+                            lambda: run_search(directory, config))  # fmt: skip
     with Store.open(directory, readonly=True) as store:
         trials = store.trials("done")
     measured = sum(t.metrics["seconds"] for t in trials)
@@ -130,8 +127,9 @@ print(json.dumps({{**supernet_memory(net),
 
 
 #: A standalone search in the comparison stops on time, not budget; the budget only has to
-#: stay below 2,000 so that the strategies get their small-budget settings, as a user's would.
-STANDALONE_BUDGET = 1_000
+#: stay below the small-budget limit so that the strategies get their small-budget settings,
+#: as a user's would.
+STANDALONE_BUDGET = SMALL_BUDGET_LIMIT // 2
 METHODS = ("shared", "ppo", "random")
 
 
@@ -146,21 +144,22 @@ def standalone_search(
     children still training then are not counted."""
     config = SearchConfig(strategy=strategy, evaluator="train", executor="local", workers=2,
                           budget=STANDALONE_BUDGET, seed=seed)  # fmt: skip
-    key = f"timed-search:{strategy}:{seed}:{seconds:.1f}:{sq.digest(config.to_dict())}"
-    if cache.get(key) is None:
+
+    def run_until_time_is_up() -> None:
         deadline = time.perf_counter() + seconds
 
         def on_event(kind: str, stats: SearchStats, trial) -> None:
             if time.perf_counter() > deadline:
                 raise TimeUp
 
-        tic = time.perf_counter()
         with contextlib.suppress(TimeUp):
             run_search(directory, config, on_event=on_event)
-        cache.put(key, {"seconds": time.perf_counter() - tic})
+
+    key = f"timed-search:{strategy}:{seed}:{seconds:.1f}:{sq.digest(config.to_dict())}"
+    took = sq.timed_once(cache, key, run_until_time_is_up)
     with Store.open(directory, readonly=True) as store:
         done = store.trials("done")
-    return {"seconds": cache.get(key)["seconds"], "architectures": len(done)}
+    return {"seconds": took, "architectures": len(done)}
 
 
 def top_cells(directory: str, k: int) -> list[sq.Cell]:
