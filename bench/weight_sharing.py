@@ -55,7 +55,8 @@ def weight_sharing_search(
     config = SearchConfig(
         strategy="random", evaluator="shared", executor="inprocess",
         executor_options={"threads": args.threads}, budget=args.budget, workers=1, seed=seed,
-        evaluator_options={"warmup_steps": args.warmup}, reuse=False,
+        evaluator_options=({} if args.warmup is None else {"warmup_steps": args.warmup}),
+        reuse=False,
     )  # fmt: skip
     seconds = sq.timed_once(cache, f"ws-search:{seed}:{sq.digest(config.to_dict())}",
                             lambda: run_search(directory, config))  # fmt: skip
@@ -67,7 +68,9 @@ def weight_sharing_search(
             "end_to_end_per_second": len(trials) / seconds}  # fmt: skip
 
 
-def fidelity(args: argparse.Namespace, directory: str) -> dict:
+def fidelity(args: argparse.Namespace, directory: str, cache: sq.JobCache) -> dict:
+    """Kendall tau between the final shared-weight scores of ``--cells`` random cells and
+    their standalone proxy accuracy (cached in ``cache``: the same cells every run)."""
     from nasnet.evaluators import Task, evaluator_for
     from nasnet.store import Store
     from nasnet.train import train
@@ -86,8 +89,11 @@ def fidelity(args: argparse.Namespace, directory: str) -> dict:
     for i in range(args.cells):
         genotype = space.sample(rng)
         shared.append(evaluator.final_metrics(genotype)["val_accuracy"])
-        result = train(genotype, child, dataset=evaluator.load_shared_data())
-        standalone.append(result["val_accuracy"])
+        key = f"fidelity-standalone:{sq.digest([genotype.to_dict(), child.to_dict()])}"
+        if cache.get(key) is None:
+            result = train(genotype, child, dataset=evaluator.load_shared_data())
+            cache.put(key, {"val_accuracy": result["val_accuracy"]})
+        standalone.append(cache.get(key)["val_accuracy"])
         print(f"  cell {i + 1}/{args.cells}: shared {shared[-1]:.3f}, "
               f"standalone {standalone[-1]:.3f}", flush=True)  # fmt: skip
     from scipy.stats import kendalltau, spearmanr
@@ -238,7 +244,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--budget", type=int, default=None)
     parser.add_argument("--cells", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps (default: the shared evaluator's)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="keep the searches and retraining here; rerun to reuse")
@@ -268,7 +276,7 @@ def main() -> None:
         report["search"] = weight_sharing_search(args, directory, args.seed, cache)
         print(json.dumps(report["search"]), flush=True)
         print(f"ranking fidelity over {args.cells} random cells", flush=True)
-        report["fidelity"] = fidelity(args, directory)
+        report["fidelity"] = fidelity(args, directory, cache)
         if args.compare_seeds:
             report["equal_time"] = equal_time_comparison(args, root, cache)
     for size in ("digits", "cifar"):

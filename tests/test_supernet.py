@@ -102,3 +102,30 @@ def _digits(index: int, sizes) -> list[int]:
         out.append(index % size)
         index //= size
     return out
+
+
+class _BatchNormalize(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.batch_norm(x, None, None, training=True)
+
+
+def test_normalize_free_ops_normalizes_exactly_the_weightless_ops(supernet) -> None:
+    torch.manual_seed(0)  # the same weights as the fixture: the option adds none
+    net = SuperNet(SPACE, cells=1, filters=4, num_classes=4, in_chans=3, normalize_free_ops=True)
+    free = Cell((Block(0, 1, "identity", "max_pool_3x3", "add"),
+                 Block(2, 0, "avg_pool_3x3", "sep_conv_3x3", "concat")))  # fmt: skip
+    weighted = Cell((Block(1, 0, "sep_conv_3x3", "conv_1x1", "add"),
+                     Block(2, 2, "conv_3x3", "dil_conv_3x3", "add")))  # fmt: skip
+    x = torch.randn(4, 3, 8, 8)
+    _compare(net, Genotype(weighted, weighted), x)  # no weightless op: the standalone function
+    genotype = Genotype(free, free)
+    model = net.to_standalone(genotype).train()
+    changed = 0
+    for cell in model.cells:
+        for i, op in enumerate(cell.ops):
+            if next(op.parameters(), None) is None:
+                cell.ops[i] = torch.nn.Sequential(op, _BatchNormalize())
+                changed += 1
+    assert changed > 0
+    torch.testing.assert_close(net(x, genotype), model(x), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(supernet(x, genotype), model(x), atol=1e-3)

@@ -37,6 +37,15 @@ Where the sub-network differs from ``build_network``'s model, on purpose:
 * **No DropPath and no auxiliary head** (training-time regularisers of the final network):
   the standalone model to compare with is built with ``drop_path_keep_prob=1.0`` and
   ``auxiliary=False`` (:meth:`SuperNet.to_standalone` does).
+* **With** ``normalize_free_ops=True`` (the shared evaluator's default), the output of every
+  weightless op (``identity`` at equal width and stride 1, a pool needing no projection) goes
+  through a parameter-free batch normalisation, as DARTS does for its pools during search.
+  Without it, sums of unnormalised pool and identity paths give each sampled cell a
+  different output scale, and the shared classifier cannot serve them all: on digits the
+  training loss of random cells starts near 4 (guessing is 2.3). The sub-network then
+  differs from the standalone network exactly there (the standalone network, which
+  ``nasnet transfer`` retrains, has no such normalisation); with the default ``False`` it
+  is the standalone function.
 
 ``tests/test_supernet.py`` checks outputs and gradients against the standalone network.
 """
@@ -183,9 +192,11 @@ class SuperCell(nn.Module):
         h_i_widths: dict[str, int],
         h_prev_widths: dict[str, int] | None,
         bn: BNConfig,
+        normalize_free_ops: bool = False,
     ):
         super().__init__()
         c = plan.channels
+        self.bn_eps = bn.eps
         self.space, self.plan, self.channels = space, plan, c
         self.pre_i_conv = PiecewiseConv(h_i_widths, c)
         self.pre_i_bn = _make_bn(bn, c)
@@ -215,6 +226,11 @@ class SuperCell(nn.Module):
                             self.ops[self.op_key(k, slot, j, w, op)] = factories[op](
                                 w, c, stride, bn
                             )
+        #: Keys of the weightless ops whose outputs are normalised (see the module docstring).
+        self.normalized: frozenset[str] = frozenset(
+            key for key, module in self.ops.items()
+            if normalize_free_ops and next(module.parameters(), None) is None
+        )  # fmt: skip
         self.out_projections = nn.ModuleDict()
         for index, width in ((0, c), (1, c_h1)):
             needs_reduce = plan.reduction
@@ -278,7 +294,11 @@ class SuperCell(nn.Module):
             pair = []
             for slot, (j, op) in enumerate(((b.input_1, b.op_1), (b.input_2, b.op_2))):
                 x = states[j]
-                pair.append(self.ops[self.op_key(k, slot, j, int(x.shape[1]), op)](x))
+                key = self.op_key(k, slot, j, int(x.shape[1]), op)
+                y = self.ops[key](x)
+                if key in self.normalized:
+                    y = F.batch_norm(y, None, None, training=True, eps=self.bn_eps)
+                pair.append(y)
             a, y = pair
             states.append(a + y if b.combine == "add" else torch.cat([a, y], dim=1))
         outputs = []
@@ -296,6 +316,8 @@ class SuperNet(nn.Module):
     The size arguments are those of :func:`nasnet.network.build_network` (``cells`` = N,
     ``filters`` = F, ``stem``, ``image_size`` is not needed: nothing depends on it without
     the aux head). ``forward(x, genotype)`` returns the logits of the sub-network.
+    ``normalize_free_ops`` adds the search-time normalisation described in the module
+    docstring.
     """
 
     def __init__(
@@ -311,6 +333,7 @@ class SuperNet(nn.Module):
         skip_reduction_layer_input: bool = False,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        normalize_free_ops: bool = False,
     ):
         super().__init__()
         if stem_multiplier is None:
@@ -323,6 +346,7 @@ class SuperNet(nn.Module):
             "skip_reduction_layer_input": skip_reduction_layer_input,
             "bn_eps": bn_eps, "bn_momentum": bn_momentum,
         }  # fmt: skip
+        self.normalize_free_ops = normalize_free_ops
         bn = BNConfig(bn_eps, bn_momentum)
         c_stem, self.plans = plan_cells(
             stem, cells, filters, num_reductions, skip_reduction_layer_input, stem_multiplier
@@ -335,7 +359,8 @@ class SuperNet(nn.Module):
         widths: list[dict[str, int] | None] = [None, {STEM_PIECE: c_stem}]
         self.cells = nn.ModuleList()
         for plan in self.plans:
-            cell = SuperCell(space, plan, widths[plan.i_index], widths[plan.prev_index], bn)  # type: ignore[arg-type]
+            cell = SuperCell(space, plan, widths[plan.i_index], widths[plan.prev_index], bn,  # type: ignore[arg-type]
+                             normalize_free_ops)  # fmt: skip
             self.cells.append(cell)
             widths.append(cell.output_widths())
         self.classifier = PiecewiseLinear(widths[-1], num_classes)  # type: ignore[arg-type]
@@ -399,8 +424,8 @@ class SuperNet(nn.Module):
     def to_standalone(self, genotype: Genotype, device: str | torch.device | None = None):
         """A ``build_network`` model of ``genotype`` holding the supernet's chosen-path
         weights (``drop_path_keep_prob=1.0``, no aux head); in ``train()`` mode it computes
-        what ``self(x, genotype)`` computes. Its BN running statistics stay at their
-        initial values (the supernet keeps none)."""
+        what ``self(x, genotype)`` computes (without ``normalize_free_ops``). Its BN running
+        statistics stay at their initial values (the supernet keeps none)."""
         from nasnet.network import build_network
 
         cfg = dict(self.config)

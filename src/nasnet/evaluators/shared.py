@@ -10,6 +10,11 @@ For each architecture the strategy proposes, the evaluator
 2. scores it on ``val_batches`` validation batches with the shared weights: the reward is
    that accuracy (cost-aware if asked), and its metrics say ``shared_weights: true``.
 
+With ``normalize_free_ops`` (on by default) the supernet batch-normalises, without weights,
+the outputs of weightless ops (identity, pools without projection) as DARTS does during
+search: it keeps the sampled cells' output scales alike, which the shared classifier needs
+(:mod:`nasnet.supernet` says where the sub-network then differs from the standalone one).
+
 The supernet and its optimizer live in the search process (the evaluator is *stateful*: the
 search runs it on the in-process executor, chosen when no executor is given) and are saved with
 every strategy state; on resume the children told after the last saved state are measured
@@ -47,13 +52,16 @@ STATE_VERSION = 1
 @dataclass
 class SharedOptions(RewardOptions):
     train_steps: int = option(2, "SGD steps on the shared weights per proposed architecture")
-    warmup_steps: int = option(50, "SGD steps on random architectures before the first score")
+    warmup_steps: int = option(1000, "SGD steps on random architectures before the first score")
     val_batches: int | None = option(1, "validation batches scored per architecture (none: all)")
     final_val_batches: int | None = option(
         None, "validation batches of the final re-scoring of every cell (none: all)"
     )
     batch_size: int | None = option(None, "batch size (none: the child's --child-batch-size)")
     lr: float | None = option(None, "SGD learning rate, constant (none: the child's)")
+    normalize_free_ops: bool = option(
+        True, "batch-normalise (no weights) the outputs of weightless ops, as DARTS does"
+    )
 
     def check(self) -> None:
         super().check()
@@ -109,7 +117,8 @@ class SharedEvaluator(Evaluator):
             torch.manual_seed(seed)
             net = SuperNet(self.space, stem=self.child.stem, cells=self.child.cells,
                            filters=self.child.filters, num_classes=data.num_classes,
-                           in_chans=data.channels)  # fmt: skip
+                           in_chans=data.channels,
+                           normalize_free_ops=self.opts.normalize_free_ops)  # fmt: skip
         if self.child.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.supernet = net.to(self.device)
