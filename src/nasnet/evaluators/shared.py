@@ -298,7 +298,8 @@ class SharedEvaluator(Evaluator):
 
     def ranking_warning(self, finals: list[dict[str, Any]]) -> str | None:
         """A warning when the median cell scores below twice chance: the supernet is too
-        little trained for its ranking to mean much (see the README's measurements)."""
+        little trained for its ranking to be more than a rough guide (see the README's
+        measurements)."""
         scores = sorted(float(f["val_accuracy"]) for f in finals if f)
         if not scores:
             return None
@@ -306,9 +307,9 @@ class SharedEvaluator(Evaluator):
         median = scores[len(scores) // 2]
         if median >= 2 * chance:
             return None
-        return (f"the supernet scores the median cell {median:.3f} (chance {chance:.3f}): its "
-                "ranking says little at this budget; retrain the top cells standalone "
-                "(nasnet transfer) or search with --evaluator train")  # fmt: skip
+        return (f"the supernet scores the median cell {median:.3f} (chance {chance:.3f}): it is "
+                "little trained and its ranking only a rough guide; retrain the top cells "
+                "standalone (nasnet transfer) or search with --evaluator train")  # fmt: skip
 
 
 __all__ = ["SharedEvaluator", "SharedOptions"]
