@@ -68,19 +68,29 @@ def weight_sharing_search(
             "end_to_end_per_second": len(trials) / seconds}  # fmt: skip
 
 
-def fidelity(args: argparse.Namespace, directory: str, cache: sq.JobCache) -> dict:
-    """Kendall tau between the final shared-weight scores of ``--cells`` random cells and
-    their standalone proxy accuracy (cached in ``cache``: the same cells every run)."""
+def final_evaluator(directory: str):
+    """The shared evaluator holding the finished search's final weights: this process's, or,
+    when the search ran in an earlier process (a rerun with ``--out``), restored by resuming
+    the finished search (which loads its last saved state and replays what followed)."""
     from nasnet.evaluators import Task, evaluator_for
-    from nasnet.store import Store
-    from nasnet.train import train
 
     with Store.open(directory, readonly=True) as store:
         config = SearchConfig.from_dict(store.config())
     task = Task(trial_id=0, genotype={}, seed=0, evaluator="shared",
                 options=config.evaluator_options, child=config.child.to_dict(),
                 space=config.space.to_dict())  # fmt: skip
-    evaluator = evaluator_for(task)  # holds the search's final shared weights
+    evaluator = evaluator_for(task)
+    if evaluator.supernet is None:
+        run_search(directory, config)
+    return evaluator
+
+
+def fidelity(args: argparse.Namespace, directory: str, cache: sq.JobCache) -> dict:
+    """Kendall tau between the final shared-weight scores of ``--cells`` random cells and
+    their standalone proxy accuracy (cached in ``cache``: the same cells every run)."""
+    from nasnet.train import train
+
+    evaluator = final_evaluator(directory)
     rng = random.Random(f"bench-fidelity:{args.seed}")
     space = SearchSpace()
     shared, standalone = [], []

@@ -32,3 +32,23 @@ def test_a_timed_standalone_search_stops_cleanly_and_keeps_its_children(bench, t
 
     again = bench.standalone_search(directory, "random", 0, 30.0, cache)  # cached: not re-run
     assert again == result
+
+
+def test_fidelity_of_a_reused_search_scores_with_its_final_weights(bench, tmp_path, monkeypatch):
+    import torch
+
+    import nasnet.evaluators
+    from nasnet.search import run_search
+    from tests.test_weight_sharing import tiny_config
+
+    directory = str(tmp_path / "ws")
+    run_search(directory, tiny_config())
+    evaluator = bench.final_evaluator(directory)  # the one that ran the search
+    weights, steps = evaluator.state_dict()["params"], evaluator.steps
+    assert steps > 0
+
+    monkeypatch.setattr(nasnet.evaluators, "_BUILT", {})  # as in a later process (--out rerun)
+    restored = bench.final_evaluator(directory)
+    assert restored is not evaluator
+    assert restored.steps == steps
+    assert torch.equal(restored.state_dict()["params"], weights)
