@@ -2,8 +2,9 @@
 architectures scored per second, ranking fidelity against standalone training, and the
 supernet's size at digits and CIFAR size.
 
-1. A weight-sharing search (random strategy, ``--budget`` architectures, the default child
-   N=1, F=8 on digits, in process, ``--threads`` torch threads) to its final ranking.
+1. A weight-sharing search (``--strategy``, random by default; ``--budget`` architectures;
+   the default child N=1, F=8 on digits; in process, ``--threads`` torch threads) to its
+   final ranking.
 2. Ranking fidelity: ``--cells`` random cells (not those the search saw) are scored with the
    search's final shared weights on the whole validation split, and trained standalone with
    the search proxy (N=1, F=8, 2 epochs on digits, seed 0); Kendall tau between the two.
@@ -18,9 +19,9 @@ supernet's size at digits and CIFAR size.
    on the test split, with ``bench/search_quality.py``'s protocol and job cache; the best-found
    cell's test accuracy and the top-k mean are reported as mean +- 95 % interval over seeds.
 
-    python bench/weight_sharing.py            # budget 300, 30 cells: about 10 minutes on 2 cores
-    python bench/weight_sharing.py --quick    # budget 60, 10 cells: about 5 minutes
-    python bench/weight_sharing.py --budget 200 --compare-seeds 3 --out runs/ws  # 47 minutes
+    python bench/weight_sharing.py            # budget 300, 30 cells: about 13 minutes on 2 cores
+    python bench/weight_sharing.py --quick    # budget 60, 10 cells: about 7 minutes
+    python bench/weight_sharing.py --budget 200 --compare-seeds 3 --out runs/ws  # 75 minutes
 """
 
 from __future__ import annotations
@@ -48,12 +49,17 @@ from nasnet.store import Store
 from nasnet.strategies.base import SMALL_BUDGET_LIMIT
 
 
+def shared_directory(root: str, strategy: str, seed: int) -> str:
+    name = "shared" if strategy == "random" else f"shared-{strategy}"
+    return os.path.join(root, f"{name}-seed{seed}")
+
+
 def weight_sharing_search(
     args: argparse.Namespace, directory: str, seed: int, cache: sq.JobCache
 ) -> dict:
     """Run (or reuse, when ``--out`` holds it) one weight-sharing search to its final ranking."""
     config = SearchConfig(
-        strategy="random", evaluator="shared", executor="inprocess",
+        strategy=args.strategy, evaluator="shared", executor="inprocess",
         executor_options={"threads": args.threads}, budget=args.budget, workers=1, seed=seed,
         evaluator_options=({} if args.warmup is None else {"warmup_steps": args.warmup}),
         reuse=False,
@@ -201,7 +207,7 @@ def equal_time_comparison(args: argparse.Namespace, root: str, cache: sq.JobCach
     found: dict[str, list[list[sq.Cell]]] = {m: [] for m in METHODS}
     searches: dict[str, list[dict]] = {m: [] for m in METHODS}
     for seed in range(args.seed, args.seed + args.compare_seeds):
-        ws_dir = os.path.join(root, f"shared-seed{seed}")
+        ws_dir = shared_directory(root, args.strategy, seed)
         print(f"seed {seed}: weight-sharing search, {args.budget} architectures", flush=True)
         searches["shared"].append(weight_sharing_search(args, ws_dir, seed, cache))
         found["shared"].append(top_cells(ws_dir, args.top_k))
@@ -258,6 +264,7 @@ def main() -> None:
         "--warmup", type=int, default=None, help="warm-up steps (default: the shared evaluator's)"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--strategy", default="random", help="the weight-sharing search's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="keep the searches and retraining here; rerun to reuse")
     parser.add_argument(
@@ -281,7 +288,7 @@ def main() -> None:
         root = args.out or tmp
         os.makedirs(root, exist_ok=True)
         cache = sq.JobCache(os.path.join(root, "jobs.jsonl"))
-        directory = os.path.join(root, f"shared-seed{args.seed}")
+        directory = shared_directory(root, args.strategy, args.seed)
         print(f"weight-sharing search: {args.budget} architectures on digits", flush=True)
         report["search"] = weight_sharing_search(args, directory, args.seed, cache)
         print(json.dumps(report["search"]), flush=True)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from nasnet.cli import main
+from nasnet.evaluators.shared import SharedOptions
 from nasnet.options import OptionError
 from nasnet.search import run_search
 from nasnet.search_config import SearchConfig
@@ -52,6 +53,9 @@ def test_cli_search_to_a_final_ranking(tmp_path, capsys) -> None:
     assert [e["reward"] for e in board] == sorted((e["reward"] for e in board), reverse=True)
     with Store.open(out, readonly=True) as store:
         assert store.config()["executor"] == "inprocess"
+        # a new search writes down its new-search options; the one given wins
+        options = SharedOptions.parse(store.config()["evaluator_options"])
+        assert options.normalize_free_ops is True and options.warmup_steps == 2
         for trial in store.trials():
             m = trial.metrics
             assert m["shared_weights"] is True

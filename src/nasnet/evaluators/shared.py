@@ -10,7 +10,7 @@ For each architecture the strategy proposes, the evaluator
 2. scores it on ``val_batches`` validation batches with the shared weights: the reward is
    that accuracy (cost-aware if asked), and its metrics say ``shared_weights: true``.
 
-With ``normalize_free_ops`` (on by default) the supernet batch-normalises, without weights,
+With ``normalize_free_ops`` (on for new searches) the supernet batch-normalises, without weights,
 the outputs of weightless ops (identity, pools without projection) as DARTS does during
 search: it keeps the sampled cells' output scales alike, which the shared classifier needs
 (:mod:`nasnet.supernet` says where the sub-network then differs from the standalone one).
@@ -48,11 +48,18 @@ from nasnet.trials import TrialOutcome
 #: Version of :meth:`SharedEvaluator.state_dict`'s layout.
 STATE_VERSION = 1
 
+#: Options a new search writes down (experiments created before them keep the field defaults,
+#: so they resume as they ran): a longer warm-up and the normalisation of weightless ops,
+#: which made the supernet's ranking correlate with standalone training (README).
+NEW_SEARCH_OPTIONS: dict[str, Any] = {"warmup_steps": 1000, "normalize_free_ops": True}
+
 
 @dataclass
 class SharedOptions(RewardOptions):
     train_steps: int = option(2, "SGD steps on the shared weights per proposed architecture")
-    warmup_steps: int = option(1000, "SGD steps on random architectures before the first score")
+    warmup_steps: int = option(
+        50, "SGD steps on random architectures before the first score (new searches: 1000)"
+    )
     val_batches: int | None = option(1, "validation batches scored per architecture (none: all)")
     final_val_batches: int | None = option(
         None, "validation batches of the final re-scoring of every cell (none: all)"
@@ -60,8 +67,9 @@ class SharedOptions(RewardOptions):
     batch_size: int | None = option(None, "batch size (none: the child's --child-batch-size)")
     lr: float | None = option(None, "SGD learning rate, constant (none: the child's)")
     normalize_free_ops: bool = option(
-        True, "batch-normalise (no weights) the outputs of weightless ops, as DARTS does"
-    )
+        False, "batch-normalise (no weights) the outputs of weightless ops, as DARTS does (on "
+        "for new searches)"
+    )  # fmt: skip
 
     def check(self) -> None:
         super().check()
@@ -87,6 +95,11 @@ class SharedEvaluator(Evaluator):
         self.seed = 0
         self.steps = 0
         self.warmed = False
+
+    @classmethod
+    def options_for_new_search(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """:data:`NEW_SEARCH_OPTIONS` unless given."""
+        return {**NEW_SEARCH_OPTIONS, **options}
 
     # -- setup --------------------------------------------------------------------------------
 
