@@ -42,7 +42,7 @@ import torch
 
 import search_quality as sq
 from nasnet.results import leaderboard
-from nasnet.search import SearchStats, run_search
+from nasnet.search import SearchStats, driver_evaluator, run_search
 from nasnet.search_config import SearchConfig, default_child
 from nasnet.space import SearchSpace
 from nasnet.store import Store
@@ -78,14 +78,9 @@ def final_evaluator(directory: str):
     """The shared evaluator holding the finished search's final weights: this process's, or,
     when the search ran in an earlier process (a rerun with ``--out``), restored by resuming
     the finished search (which loads its last saved state and replays what followed)."""
-    from nasnet.evaluators import Task, evaluator_for
-
     with Store.open(directory, readonly=True) as store:
         config = SearchConfig.from_dict(store.config())
-    task = Task(trial_id=0, genotype={}, seed=0, evaluator="shared",
-                options=config.evaluator_options, child=config.child.to_dict(),
-                space=config.space.to_dict())  # fmt: skip
-    evaluator = evaluator_for(task)
+    evaluator = driver_evaluator(config)
     if evaluator.supernet is None:
         run_search(directory, config)
     return evaluator

@@ -148,7 +148,7 @@ class Search:
         self.strategy: Strategy = make_strategy(
             config.strategy, self.space, config.seed, **config.strategy_options
         )
-        self.evaluator = _driver_evaluator(config)
+        self.evaluator = driver_evaluator(config)
         self.executor = executor
         self.fn = fn
         self.proposals: dict[int, Proposal] = {}
@@ -442,9 +442,10 @@ def _told_reward(trial: TrialRecord) -> float | None:
     return trial.metrics.get("search_reward", trial.reward)
 
 
-def _driver_evaluator(config: SearchConfig) -> Evaluator:
+def driver_evaluator(config: SearchConfig) -> Evaluator:
     """The driver's evaluator: for a stateful one, the very instance the in-process executor's
-    tasks use (``evaluator_for`` caches one per configuration and process)."""
+    tasks use (``evaluator_for`` caches one per configuration and process), so after
+    :func:`run_search` it holds the search's final state (a weight-sharing search's weights)."""
     evaluator = config.build_evaluator()
     if not evaluator.stateful:
         return evaluator
@@ -486,6 +487,7 @@ __all__ = [
     "Search",
     "SearchError",
     "SearchStats",
+    "driver_evaluator",
     "open_experiment",
     "run_search",
 ]
