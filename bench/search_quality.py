@@ -357,7 +357,7 @@ def run_one_search(args, root: str, cache: JobCache, strategy: str, seed: int) -
     with Store.open(directory, readonly=True) as store:
         trials = store.trials()
         saved_options = dict(store.config().get("strategy_options", {}))
-    ranked = [Cell(t.hash, t.genotype_json, float(t.reward or 0.0)) for t in leaderboard(trials)]
+    ranked = ranked_cells(trials)
     run = SearchRun(strategy, seed, directory, seconds,
                     rewards_in_finish_order(trials), ranked,
                     sum(1 for t in trials if t.metrics.get("stopped_early")),
@@ -366,6 +366,12 @@ def run_one_search(args, root: str, cache: JobCache, strategy: str, seed: int) -
     print(f"  {run.name}: {len(run.rewards)} children in {run.seconds:.0f} s, best proxy "
           f"{max(run.rewards, default=math.nan):.3f}", flush=True)  # fmt: skip
     return run
+
+
+def ranked_cells(trials: list, top: int | None = None) -> list[Cell]:
+    """The distinct cells of ``trials``, best first as ``nasnet show`` ranks them (``top``: the
+    first ``top`` only)."""
+    return [Cell(t.hash, t.genotype_json, float(t.reward or 0.0)) for t in leaderboard(trials, top)]
 
 
 def timed_once(cache: JobCache, key: str, run: Callable[[], Any]) -> float:

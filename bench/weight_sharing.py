@@ -41,7 +41,6 @@ import time
 import torch
 
 import search_quality as sq
-from nasnet.results import leaderboard
 from nasnet.search import SearchStats, driver_evaluator, run_search
 from nasnet.search_config import SearchConfig, default_child
 from nasnet.space import SearchSpace
@@ -182,8 +181,7 @@ def standalone_search(
 def top_cells(directory: str, k: int) -> list[sq.Cell]:
     """The search's top ``k`` distinct cells, ranked as ``nasnet show`` ranks them."""
     with Store.open(directory, readonly=True) as store:
-        ranked = leaderboard(store.trials("done"), top=k)
-    return [sq.Cell(t.hash, t.genotype_json, float(t.reward or 0.0)) for t in ranked]
+        return sq.ranked_cells(store.trials("done"), k)
 
 
 def retraining_args(args: argparse.Namespace) -> argparse.Namespace:
