@@ -377,11 +377,13 @@ def ranked_cells(trials: list, top: int | None = None) -> list[Cell]:
 def timed_once(cache: JobCache, key: str, run: Callable[[], Any]) -> float:
     """Wall seconds of ``run()``, run only if ``key`` is not in the cache yet (a rerun with
     ``--out`` reuses the finished work and its measured time)."""
-    if cache.get(key) is None:
+
+    def timed() -> dict:
         started = time.perf_counter()
         run()
-        cache.put(key, {"seconds": time.perf_counter() - started})
-    return cache.get(key)["seconds"]
+        return {"seconds": time.perf_counter() - started}
+
+    return cache.once(key, timed)["seconds"]
 
 
 def digest(data: Any) -> str:
@@ -425,6 +427,12 @@ class JobCache:
         self.results[key] = result
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"key": key, "result": result}) + "\n")
+
+    def once(self, key: str, compute: Callable[[], dict]) -> dict:
+        """The cached result of ``key``, computed (and stored) only the first time."""
+        if self.get(key) is None:
+            self.put(key, compute())
+        return self.results[key]
 
 
 _DATA: dict[tuple[str, int | None], Any] = {}

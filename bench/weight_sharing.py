@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -96,14 +97,17 @@ def fidelity(args: argparse.Namespace, directory: str, cache: sq.JobCache) -> di
     shared, standalone = [], []
     child = default_child()
     child.device, child.threads = "cpu", args.threads
+
+    def standalone_proxy(genotype) -> dict:
+        result = train(genotype, child, dataset=evaluator.load_shared_data())
+        return {"val_accuracy": result["val_accuracy"]}
+
     for i in range(args.cells):
         genotype = space.sample(rng)
         shared.append(evaluator.final_metrics(genotype)["val_accuracy"])
         key = f"fidelity-standalone:{sq.digest([genotype.to_dict(), child.to_dict()])}"
-        if cache.get(key) is None:
-            result = train(genotype, child, dataset=evaluator.load_shared_data())
-            cache.put(key, {"val_accuracy": result["val_accuracy"]})
-        standalone.append(cache.get(key)["val_accuracy"])
+        trained = cache.once(key, functools.partial(standalone_proxy, genotype))
+        standalone.append(trained["val_accuracy"])
         print(f"  cell {i + 1}/{args.cells}: shared {shared[-1]:.3f}, "
               f"standalone {standalone[-1]:.3f}", flush=True)  # fmt: skip
     from scipy.stats import kendalltau, spearmanr
