@@ -346,7 +346,6 @@ class SuperNet(nn.Module):
             "skip_reduction_layer_input": skip_reduction_layer_input,
             "bn_eps": bn_eps, "bn_momentum": bn_momentum,
         }  # fmt: skip
-        self.normalize_free_ops = normalize_free_ops
         bn = BNConfig(bn_eps, bn_momentum)
         c_stem, self.plans = plan_cells(
             stem, cells, filters, num_reductions, skip_reduction_layer_input, stem_multiplier
