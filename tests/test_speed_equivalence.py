@@ -206,3 +206,63 @@ def test_strided_view_gradients_keep_channels_last(offset):
 
     assert gradient_layout(True)
     assert not gradient_layout(False)  # what the fast path exists to avoid
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("shape", [(4, 12, 6, 6), (3, 8, 5, 7), (2, 3, 1, 2), (5, 15, 3, 3)])
+def test_few_channel_batch_norm_equals_batch_norm(shape, momentum):
+    # outputs, every gradient and the running statistics eval mode will use, over two steps
+    results = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        layer = ops.BatchNorm2d(shape[1], momentum=momentum)
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5)
+            layer.bias.uniform_(-1.0, 1.0)
+        steps = []
+        for step in range(2):
+            x = (torch.randn(shape, dtype=torch.float64) * 3 + step).to(
+                memory_format=torch.channels_last).requires_grad_(True)  # fmt: skip
+            with fast_paths(on, "few_channel_batch_norm"):
+                y = layer.double()(x)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            grad = torch.randn(shape, dtype=torch.float64)
+            steps.append((y, *torch.autograd.grad(y, (x, layer.weight, layer.bias), grad)))
+        state = [layer.running_mean, layer.running_var, layer.num_batches_tracked]
+        results.append((steps, state))
+    (ref_steps, ref_state), (got_steps, got_state) = results
+    for ref, got in zip(ref_steps, got_steps, strict=True):
+        for a, b, what in zip(got, ref, ("output", "dx", "dweight", "dbias"), strict=True):
+            assert_close(a, b, f"batch norm {what} {shape}")
+    for a, b in zip(got_state, ref_state, strict=True):
+        assert_close(a.double(), b.double(), f"running statistics {shape}")
+
+
+def test_few_channel_batch_norm_keeps_aten_for_what_it_does_not_cover():
+    def rows(channels, shape, channels_last=True, train=True):
+        x = torch.randn(shape[0], channels, *shape[1:])
+        x = x.to(memory_format=torch.channels_last) if channels_last else x
+        return ops.BatchNorm2d(channels).train(train)._wide_rows(x)
+
+    assert rows(16, (2, 4, 4)) is None  # ATen's kernel is the faster one from 16 channels
+    assert rows(8, (2, 4, 4), channels_last=False) is None
+    assert rows(8, (2, 4, 4), train=False) is None
+    assert rows(8, (1, 1, 1)) is None  # ATen raises its own error for one value per channel
+    assert rows(8, (2, 4, 4)) == 8
+    assert rows(8, (1, 3, 3)) == 1
+
+
+@pytest.mark.parametrize("kernel", [5, 7, 9])
+def test_depthwise_column_grad_equals_convolution_gradient(kernel):
+    for height, width in [(1, 2), (3, 3), (4, 7), (9, 10)]:
+        conv = ops.Conv2dSame(3, 3, kernel, groups=3).double().to(memory_format=torch.channels_last)
+        x = torch.randn(2, 3, height, width, dtype=torch.float64)
+        x = x.to(memory_format=torch.channels_last).requires_grad_(True)
+        grad = torch.randn(2, 3, height, width, dtype=torch.float64)
+        results = []
+        for on in (False, True):
+            with fast_paths(on, "depthwise_column_grad"):
+                y = conv(x)
+            results.append((y, *torch.autograd.grad(y, (x, conv.weight), grad)))
+        for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+            assert_close(got, ref, f"depthwise {kernel}x{kernel} {what} at {height}x{width}")

@@ -39,7 +39,11 @@ from torch import nn
 #: view, which has less fixed cost per call than oneDNN's convolution; ``native_padding``:
 #: strided "SAME" convolutions whose padding happens to be symmetric (odd sizes) pass it to the
 #: convolution instead of padding a copy; ``layout_preserving_subsample``: the gradient of a
-#: strided view keeps the input's memory layout (see :func:`subsample`).
+#: strided view keeps the input's memory layout (see :func:`subsample`);
+#: ``few_channel_batch_norm``: training-mode BatchNorm of channels_last maps with few channels
+#: reduces and scales a wide (pixels / r, r x channels) view (see :class:`BatchNorm2d`);
+#: ``depthwise_column_grad``: the weight gradient of a stride-1 depthwise convolution wider than
+#: 3 columns is computed three columns at a time (see :class:`_DepthwiseColumnGrad`).
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
@@ -49,6 +53,8 @@ FAST_PATHS: dict[str, bool] = {
     "pointwise_matmul": True,
     "native_padding": True,
     "layout_preserving_subsample": True,
+    "few_channel_batch_norm": True,
+    "depthwise_column_grad": True,
 }
 
 
@@ -102,7 +108,98 @@ class BNConfig:
     momentum: float = 0.1
 
     def make(self, channels: int) -> nn.BatchNorm2d:
-        return nn.BatchNorm2d(channels, eps=self.eps, momentum=self.momentum)
+        return BatchNorm2d(channels, eps=self.eps, momentum=self.momentum)
+
+
+#: Training-mode BatchNorm of channels_last maps with fewer channels than this runs as
+#: :class:`_FewChannelBatchNorm`: ATen's channels_last kernel (torch 2.13, AVX2) is 2-3x slower
+#: per element below 16 channels than at 16 or more, where it beats the wide view.
+FEW_CHANNELS = 16
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` - the same parameters, buffers and function - whose training step on
+    channels_last maps with fewer than :data:`FEW_CHANNELS` channels runs as reductions and one
+    multiply-add over a wide view of the pixels (fast path ``few_channel_batch_norm``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._wide_rows(x)
+        if rows is None:
+            return super().forward(x)
+        y, mean, var = _FewChannelBatchNorm.apply(x, self.weight, self.bias, self.eps, rows)
+        pixels = x.numel() // x.shape[1]
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum
+            if factor is None:  # cumulative moving average, as nn.BatchNorm2d
+                factor = 1.0 / float(self.num_batches_tracked)
+            self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            self.running_var.mul_(1 - factor).add_(var * (pixels / (pixels - 1)), alpha=factor)
+        return y
+
+    def _wide_rows(self, x: torch.Tensor) -> int | None:
+        """How many pixels the wide view puts in one row, or ``None`` for ATen's kernel."""
+        if not (
+            self.training
+            and self.track_running_stats
+            and self.affine
+            and x.dim() == 4
+            and x.shape[1] < FEW_CHANNELS
+            and x.dtype in (torch.float32, torch.float64)
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and fast("few_channel_batch_norm")
+        ):
+            return None
+        pixels = x.numel() // max(x.shape[1], 1)
+        if pixels < 2:  # nn.BatchNorm2d's own error for a single value per channel
+            return None
+        return next(r for r in (8, 4, 2, 1) if pixels % r == 0)
+
+
+def _fold(sums: torch.Tensor, rows: int, channels: int) -> torch.Tensor:
+    """Per-channel totals of a wide view's per-column sums."""
+    return sums.view(rows, channels).sum(0) if rows > 1 else sums
+
+
+class _FewChannelBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm of a channels_last ``x`` through its (pixels / r, r * C) view:
+    rows of ``r`` pixels are wide enough to vectorise where C alone is not. Two-pass variance
+    (mean, then the centred squares), as ATen; returns (y, batch mean, biased batch var)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, rows: int):
+        n, c, height, width = x.shape
+        pixels = n * height * width
+        wide = x.permute(0, 2, 3, 1).reshape(-1, rows * c)
+        mean = _fold(wide.sum(0), rows, c) / pixels
+        centred = wide - mean.repeat(rows)
+        var = _fold(centred.square().sum(0), rows, c) / pixels
+        invstd = (var + eps).rsqrt()
+        y = torch.empty_like(x, memory_format=torch.channels_last)  # not a view: ReLU(inplace)
+        scale = (weight * invstd).repeat(rows)
+        torch.addcmul(bias.repeat(rows), centred, scale, out=y.permute(0, 2, 3, 1).view_as(wide))
+        ctx.save_for_backward(centred, weight, invstd)
+        ctx.rows = rows
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        centred, weight, invstd = ctx.saved_tensors
+        rows = ctx.rows
+        n, c, height, width = grad_y.shape
+        pixels = n * height * width
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+        wide = grad_y.permute(0, 2, 3, 1).reshape(-1, rows * c)
+        sum_g = _fold(wide.sum(0), rows, c)
+        dot = _fold((wide * centred).sum(0), rows, c)  # sum of grad * (x - mean)
+        scale = weight * invstd
+        k_centred = -scale * invstd * invstd * dot / pixels
+        k_const = -scale * sum_g / pixels
+        grad_x = torch.addcmul(k_const.repeat(rows), centred, k_centred.repeat(rows))
+        grad_x.addcmul_(wide, scale.repeat(rows))
+        grad_x = grad_x.view(n, height, width, c).permute(0, 3, 1, 2)
+        return grad_x, dot * invstd, sum_g, None, None
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -171,6 +268,9 @@ class Conv2dSame(nn.Conv2d):
 
         self._pointwise = self.kernel_size == (1, 1) and self._static and groups == 1
         self._strided_1x1 = self.kernel_size == (1, 1) and not self._static and groups == 1
+        self._column_grad = (
+            self._depthwise and self._static and self.dilation == (1, 1) and self.kernel_size[1] > 3
+        )
 
     def _unit_stride(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
@@ -191,6 +291,8 @@ class Conv2dSame(nn.Conv2d):
                 index = _depthwise_index(height, width, kh, kw, sh, sw, dh, dw)
                 bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
                 return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
+        if self._column_grad and fast("depthwise_column_grad"):
+            return _DepthwiseColumnGrad.apply(x, self.weight, self.padding)
         if not self._static:
             if fast("native_padding"):
                 padding = _symmetric_same(x, self.kernel_size, self.stride, self.dilation)
@@ -199,6 +301,69 @@ class Conv2dSame(nn.Conv2d):
                     return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         return super().forward(x)
+
+
+class _DepthwiseColumnGrad(torch.autograd.Function):
+    """A stride-1 depthwise convolution (kernel wider than 3, symmetric padding) whose weight
+    gradient is assembled from kernels three columns wide.
+
+    oneDNN (torch 2.13, AVX2) runs the depthwise weight gradient in its fast depthwise kernel
+    only for kernels at most 3 wide with at most one column of padding; 5x5 and 7x7 fall to a
+    generic grouped kernel 2-3x slower than three narrow calls. A window of columns
+    ``pw - 1 - s .. pw + 1 - s`` (``pw`` the padding) is the narrow kernel's gradient against
+    the output gradient shifted by ``s`` columns; the shift drops the products at one edge,
+    which are padding for the window's outer columns, so only those are taken from it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, None, 1, padding, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _depthwise_backward(grad, x, weight, ctx.padding, data=True)
+        if ctx.needs_input_grad[1]:
+            grad_w = _depthwise_weight_grad_by_columns(grad, x, weight.shape[2], ctx.padding)
+        return grad_x, grad_w, None
+
+
+def _depthwise_backward(grad, x, weight, padding, data: bool) -> torch.Tensor:
+    """oneDNN's input (``data``) or weight gradient of a stride-1 depthwise convolution."""
+    mask = [data, not data, False]
+    result = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0], x.shape[1], mask
+    )
+    return result[0] if data else result[1]
+
+
+def _depthwise_weight_grad_by_columns(grad, x, height: int, padding) -> torch.Tensor:
+    pad_h, pad_w = padding
+    narrow = x.new_empty(x.shape[1], 1, height, 3)  # only its shape is read
+
+    def window(shift: int) -> torch.Tensor:  # columns pad_w - 1 - shift .. pad_w + 1 - shift
+        return _depthwise_backward(_shift_columns(grad, shift), x, narrow, (pad_h, 1), False)
+
+    shifts = range(pad_w - 1, 0, -2)  # the window at +s (-s) adds min(2, s) columns left (right)
+    left = [window(s)[..., : min(2, s)] for s in shifts]
+    right = [window(-s)[..., 3 - min(2, s) :] for s in reversed(shifts)]
+    return torch.cat([*left, window(0), *right], dim=3)
+
+
+def _shift_columns(grad: torch.Tensor, shift: int) -> torch.Tensor:
+    """``grad[..., w + shift]``, zero where that is outside the map."""
+    if abs(shift) >= grad.shape[3]:
+        return torch.zeros_like(grad)
+    if shift > 0:
+        return F.pad(grad[..., shift:], (0, shift))
+    if shift < 0:
+        return F.pad(grad[..., :shift], (-shift, 0))
+    return grad
 
 
 def _symmetric_same(x: torch.Tensor, kernel, stride, dilation) -> tuple[int, int] | None:
