@@ -254,15 +254,28 @@ def test_few_channel_batch_norm_keeps_aten_for_what_it_does_not_cover():
 
 @pytest.mark.parametrize("kernel", [5, 7, 9])
 def test_depthwise_column_grad_equals_convolution_gradient(kernel):
-    for height, width in [(1, 2), (3, 3), (4, 7), (9, 10)]:
-        conv = ops.Conv2dSame(3, 3, kernel, groups=3).double().to(memory_format=torch.channels_last)
+    pad = kernel // 2
+    for height, width in [(1, 2), (3, 3), (4, 7), (9, 10)]:  # windows shifted past the edge too
         x = torch.randn(2, 3, height, width, dtype=torch.float64)
         x = x.to(memory_format=torch.channels_last).requires_grad_(True)
+        weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
         grad = torch.randn(2, 3, height, width, dtype=torch.float64)
-        results = []
-        for on in (False, True):
-            with fast_paths(on, "depthwise_column_grad"):
-                y = conv(x)
-            results.append((y, *torch.autograd.grad(y, (x, conv.weight), grad)))
-        for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
-            assert_close(got, ref, f"depthwise {kernel}x{kernel} {what} at {height}x{width}")
+        ref = torch.autograd.grad(F.conv2d(x, weight, None, 1, pad, 1, 3), (x, weight), grad)
+        y = ops._DepthwiseColumnGrad.apply(x, weight, (pad, pad))
+        got = torch.autograd.grad(y, (x, weight), grad)
+        for a, b, what in zip(got, ref, ("dx", "dw"), strict=True):
+            assert_close(a, b, f"depthwise {kernel}x{kernel} {what} at {height}x{width}")
+
+
+def test_depthwise_column_grad_runs_where_it_pays():
+    conv = ops.Conv2dSame(8, 8, 5, groups=8).to(memory_format=torch.channels_last)
+    x = torch.randn(16, 8, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
+    assert ops._column_grad_pays(x) and not ops._column_grad_pays(x[:, :, :8, :4])
+    results = []
+    for on in (False, True):
+        with fast_paths(on, "depthwise_column_grad"):
+            y = conv(x)
+        assert (y.grad_fn.name() == "_DepthwiseColumnGradBackward") is on
+        results.append((y, *torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))))
+    for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+        assert_close(got, ref, f"depthwise 5x5 {what} at 32x32")

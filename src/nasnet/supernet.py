@@ -133,10 +133,6 @@ def plan_cells(
     return c_stem, plans
 
 
-def _make_bn(bn: BNConfig, channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=bn.eps, momentum=bn.momentum)
-
-
 class PiecewiseConv(nn.Module):
     """A 1x1 convolution (no bias) whose input is a concatenation of known pieces: one weight
     piece per possible input piece; the weight for a layout is their concatenation."""
@@ -199,7 +195,7 @@ class SuperCell(nn.Module):
         self.bn_eps = bn.eps
         self.space, self.plan, self.channels = space, plan, c
         self.pre_i_conv = PiecewiseConv(h_i_widths, c)
-        self.pre_i_bn = _make_bn(bn, c)
+        self.pre_i_bn = bn.make(c)
         self.has_prev_prev = h_prev_widths is not None
         if h_prev_widths is None:  # h_{i-1} is the raw h_i (the stem), unprojected
             assert list(h_i_widths) == [STEM_PIECE], "only the first cell lacks h_{i-1}"
@@ -211,7 +207,7 @@ class SuperCell(nn.Module):
                 self.pre_prev_2 = PiecewiseConv(h_prev_widths, c - c // 2)
             else:
                 self.pre_prev_conv = PiecewiseConv(h_prev_widths, c)
-            self.pre_prev_bn = _make_bn(bn, c)
+            self.pre_prev_bn = bn.make(c)
         self.c_h1 = c_h1
         factories = op_factories()
         widths = self.block_widths(space, c)
@@ -354,7 +350,7 @@ class SuperNet(nn.Module):
             conv = nn.Conv2d(in_chans, c_stem, 3, 1, 1, bias=False)
         else:
             conv = nn.Conv2d(in_chans, c_stem, 3, 2, 0, bias=False)
-        self.stem = nn.Sequential(conv, _make_bn(bn, c_stem))
+        self.stem = nn.Sequential(conv, bn.make(c_stem))
         widths: list[dict[str, int] | None] = [None, {STEM_PIECE: c_stem}]
         self.cells = nn.ModuleList()
         for plan in self.plans:
