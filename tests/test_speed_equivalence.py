@@ -279,3 +279,57 @@ def test_depthwise_column_grad_runs_where_it_pays():
         results.append((y, *torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))))
     for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
         assert_close(got, ref, f"depthwise 5x5 {what} at 32x32")
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_window_mean_equals_average_pool(kernel):
+    for height, width in [(1, 1), (2, 5), (7, 4), (16, 17)]:
+        x = torch.randn(2, 3, height, width, dtype=torch.float64)
+        x = x.to(memory_format=torch.channels_last).requires_grad_(True)
+        grad = torch.randn(2, 3, height, width, dtype=torch.float64)
+        ref_y = F.avg_pool2d(x, kernel, 1, kernel // 2, count_include_pad=False)
+        got_y = ops.window_mean(x, kernel)
+        assert got_y.is_contiguous(memory_format=torch.channels_last)
+        ref = torch.autograd.grad(ref_y, x, grad)[0]
+        got = torch.autograd.grad(got_y, x, grad)[0]
+        assert_close(got_y, ref_y, f"{kernel}x{kernel} mean at {height}x{width}")
+        assert_close(got, ref, f"{kernel}x{kernel} mean gradient at {height}x{width}")
+
+
+def test_average_pool_runs_as_convolution_where_it_pays():
+    pool = ops.AvgPool2dSame(3, 1)
+    x = torch.randn(4, 12, 16, 16).to(memory_format=torch.channels_last).requires_grad_(True)
+    assert ops._window_sum_pays(x)
+    assert not ops._window_sum_pays(x[:, :, :, :8].contiguous(memory_format=torch.channels_last))
+    wide = torch.randn(4, 64, 16, 16).to(memory_format=torch.channels_last)
+    assert not ops._window_sum_pays(wide)
+    assert not ops._window_sum_pays(x.contiguous())  # NCHW: ATen's pool is fine there
+    results = []
+    for on in (False, True):
+        with fast_paths(on, "avg_pool_as_conv"):
+            y = pool(x)
+        assert ("Mul" in y.grad_fn.name()) is on
+        torch.manual_seed(1)
+        results.append((y, torch.autograd.grad(y, x, torch.randn_like(y))[0]))
+    assert_close(results[1][0], results[0][0], "pool output")
+    assert_close(results[1][1], results[0][1], "pool gradient")
+
+
+@pytest.mark.parametrize("size", [(2, 2), (4, 4), (5, 6), (7, 7)])
+def test_even_and_odd_pixels_share_one_gradient(size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, *size, dtype=torch.float64).to(memory_format=torch.channels_last)
+    w1 = torch.randn(3, 5, 1, 1, dtype=torch.float64)
+    w2 = torch.randn(4, 5, 1, 1, dtype=torch.float64)
+    results = []
+    for on in (False, True):
+        leaf = x.clone().requires_grad_(True)
+        with fast_paths(on, "paired_subsample"):
+            ops.FAST_PATHS["layout_preserving_subsample"] = True
+            y = ops.factorized_1x1(leaf, lambda p: F.conv2d(p, w1), lambda p: F.conv2d(p, w2))
+        torch.manual_seed(1)
+        (y * torch.randn_like(y)).sum().backward()
+        assert leaf.grad.is_contiguous(memory_format=torch.channels_last)
+        results.append((y, leaf.grad))
+    assert torch.equal(results[1][0], results[0][0])
+    assert torch.equal(results[1][1], results[0][1])

@@ -30,8 +30,8 @@ from torch import nn
 #: of ``F.pad`` (no padded copy); ``small_depthwise``: depthwise convolutions on maps of at most
 #: a few pixels run as a dense per-channel product (oneDNN's depthwise weight gradient is slow
 #: there); ``strided_factorized``: the factorized reduction's shifted path convolves the strided
-#: view ``x[:, :, 1::2, 1::2]`` and pads the (smaller) output with the zero row/column of odd
-#: sizes, instead of padding, shifting and subsampling a copy; ``shared_relu``: a cell computes
+#: view ``x[:, :, 1::2, 1::2]``, padded with the zero row/column of odd sizes, instead of
+#: padding, shifting and subsampling a copy of ``x``; ``shared_relu``: a cell computes
 #: ReLU of each tensor once however many ops read it (see ``nasnet.network``);
 #: ``fused_drop_path``: DropPath scales its (N, 1, 1, 1) mask by ``1 / keep`` and multiplies once
 #: (rounding differs in the last bit from multiplying, then dividing); ``pointwise_matmul``: 1x1
@@ -43,7 +43,11 @@ from torch import nn
 #: ``few_channel_batch_norm``: training-mode BatchNorm of channels_last maps with few channels
 #: reduces and scales a wide (pixels / r, r x channels) view (see :class:`BatchNorm2d`);
 #: ``depthwise_column_grad``: the weight gradient of a stride-1 depthwise convolution wider than
-#: 3 columns is computed three columns at a time (see :class:`_DepthwiseColumnGrad`).
+#: 3 columns is computed three columns at a time (see :class:`_DepthwiseColumnGrad`);
+#: ``avg_pool_as_conv``: stride-1 average pools of wide maps with few channels run as a
+#: depthwise convolution with a constant all-ones kernel, scaled by 1 / (cells in the window);
+#: ``paired_subsample``: the factorized reduction takes its even and odd pixels through one
+#: function whose gradient fills the input's shape once (not two zero tensors, then a sum).
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
@@ -55,6 +59,8 @@ FAST_PATHS: dict[str, bool] = {
     "layout_preserving_subsample": True,
     "few_channel_batch_norm": True,
     "depthwise_column_grad": True,
+    "avg_pool_as_conv": True,
+    "paired_subsample": True,
 }
 
 
@@ -81,9 +87,7 @@ class _Subsample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, sh: int, sw: int, offset: int) -> torch.Tensor:
-        layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(
-            memory_format=torch.channels_last) else torch.contiguous_format  # fmt: skip
-        ctx.geometry = (x.shape, layout, sh, sw, offset)
+        ctx.geometry = (x.shape, _layout(x), sh, sw, offset)
         return x[:, :, offset::sh, offset::sw]
 
     @staticmethod
@@ -93,6 +97,11 @@ class _Subsample(torch.autograd.Function):
         grad_x.zero_()
         grad_x[:, :, offset::sh, offset::sw] = grad
         return grad_x, None, None, None
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def fast(name: str) -> bool:
@@ -503,6 +512,8 @@ class AvgPool2dSame(nn.Module):
         top, bottom = same_padding(height, k, s)
         left, right = same_padding(width, k, s)
         count_pad = self.count_pad_strided and s > 1
+        if s == 1 and k % 2 == 1 and _window_sum_pays(x) and fast("avg_pool_as_conv"):
+            return window_mean(x, k)
         if fast("pool_ceil_mode"):
             pads = ceil_mode_padding(height, k, s), ceil_mode_padding(width, k, s)
             if None not in pads:  # timm's zero-padded windows: every window divides by k * k
@@ -517,6 +528,46 @@ class AvgPool2dSame(nn.Module):
         ones = x.new_ones((1, 1, height, width))
         counts = F.avg_pool2d(F.pad(ones, (left, right, top, bottom)), k, s, divisor_override=1)
         return summed / counts
+
+
+#: A stride-1 average pool runs as a depthwise convolution on channels_last CPU maps at least
+#: this wide with fewer channels than ``[1]``: ATen's channels_last pool is slow per element
+#: at few channels (1.3x-2x the convolution's time for forward + backward at 16x16 and 32x32,
+#: 8-36 channels; even at 96 channels or on 8x8 maps).
+WINDOW_SUM_SHAPE = (16, 64)
+
+
+def _window_sum_pays(x: torch.Tensor) -> bool:
+    min_width, max_channels = WINDOW_SUM_SHAPE
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.shape[-1] >= min_width
+        and x.shape[1] < max_channels
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def window_mean(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Stride-1 "SAME" average pool (odd ``kernel``, padding excluded from the average) as a
+    depthwise convolution with an all-ones kernel times the reciprocal of each window's size."""
+    channels, (height, width) = x.shape[1], _spatial(x)
+    ones = x.new_ones(channels, 1, kernel, kernel)
+    summed = F.conv2d(x, ones, None, 1, kernel // 2, 1, channels)
+    return summed.mul_(_reciprocal_window_sizes(height, width, kernel, x.device, x.dtype))
+
+
+@lru_cache(maxsize=64)
+def _reciprocal_window_sizes(height, width, kernel, device, dtype) -> torch.Tensor:
+    """(1, 1, H, W): 1 / the number of input cells in each stride-1 "SAME" window."""
+    half = kernel // 2
+
+    def along(size: int) -> torch.Tensor:
+        i = torch.arange(size)
+        return (i + half).clamp(max=size - 1) - (i - half).clamp(min=0) + 1
+
+    sizes = along(height)[:, None] * along(width)[None, :]
+    return (1.0 / sizes.to(dtype)).to(device).view(1, 1, height, width)
 
 
 class ReLUConvBN(nn.Sequential):
@@ -609,47 +660,60 @@ class FactorizedReduction(nn.Module):
         if stride == 1:
             self.conv = Pointwise(c_in, c_out)
         else:
-            self.path_1 = SubsampleConv1x1(c_in, c_out // 2, shift=0)
-            self.path_2 = SubsampleConv1x1(c_in, c_out - c_out // 2, shift=1)
+            self.path_1 = Pointwise(c_in, c_out // 2)  # of the even pixels
+            self.path_2 = Pointwise(c_in, c_out - c_out // 2)  # of the odd pixels
         self.bn = bn.make(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             return self.bn(self.conv(x))
-        return self.bn(torch.cat([self.path_1(x), self.path_2(x)], dim=1))
+        if fast("strided_factorized"):
+            return self.bn(factorized_1x1(x, self.path_1, self.path_2))
+        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # the plain form: a padded copy
+        paths = self.path_1(subsample(x, (2, 2))), self.path_2(subsample(shifted, (2, 2)))
+        return self.bn(torch.cat(paths, dim=1))
 
 
-def odd_pixels_1x1(x: torch.Tensor, conv: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """The factorized reduction's shifted path: ``conv`` (a 1x1 convolution, no bias) of the
-    odd pixels, i.e. of the even pixels after a one-pixel diagonal shift that brings in zeros
-    at the bottom/right edge. Computed on the view ``x[:, :, 1::2, 1::2]``; where odd sizes
-    reach that zero row/column, its output (zero) is appended to the 4x smaller result."""
+def _zero_edge(odd: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The odd pixels of ``x`` with the zero row/column that odd sizes of ``x`` reach."""
     height, width = _spatial(x)
-    out = conv(subsample(x, (2, 2), offset=1))
-    return F.pad(out, (0, width % 2, 0, height % 2)) if height % 2 or width % 2 else out
+    return F.pad(odd, (0, width % 2, 0, height % 2)) if height % 2 or width % 2 else odd
 
 
-class SubsampleConv1x1(nn.Conv2d):
-    """1x1 convolution (no bias) of the pixels at even positions (``shift=0``) or, after a
-    one-pixel diagonal shift with a zero row/column at the bottom/right, odd ones (``shift=1``).
+def factorized_1x1(x: torch.Tensor, conv_even: Callable, conv_odd: Callable) -> torch.Tensor:
+    """The factorized reduction's two paths, concatenated: ``conv_even`` (a 1x1 convolution,
+    no bias) of the pixels at even positions, and ``conv_odd`` of the even pixels after a
+    one-pixel diagonal shift that brings in zeros at the bottom/right edge: the view
+    ``x[:, :, 1::2, 1::2]``, padded with the zero row/column that odd sizes reach (a 4x smaller
+    copy than padding ``x``; the zeros are convolved, as in the reference, whose mult-adds the
+    published counts include)."""
+    if fast("paired_subsample") and fast("layout_preserving_subsample") and x.requires_grad:
+        even, odd = _EvenOddPixels.apply(x)
+    else:
+        even, odd = subsample(x, (2, 2)), subsample(x, (2, 2), offset=1)
+    return torch.cat([conv_even(even), conv_odd(_zero_edge(odd, x))], dim=1)
 
-    Both convolve a strided view at stride 1 (see :func:`subsample`). Fast path for
-    ``shift=1``: the view ``x[:, :, 1::2, 1::2]`` instead of a padded copy; the zero
-    row/column that odd sizes reach becomes zeros appended to the (4x smaller) output.
-    """
 
-    def __init__(self, c_in: int, c_out: int, shift: int):
-        super().__init__(c_in, c_out, 1, bias=False)
-        self.shift = shift
+class _EvenOddPixels(torch.autograd.Function):
+    """``(x[:, :, ::2, ::2], x[:, :, 1::2, 1::2])``; the gradient is written into one tensor
+    with the strides of ``x`` (zeros only where neither view reads)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.shift:
-            return pointwise(subsample(x, (2, 2)), self.weight, super().forward)
-        if not fast("strided_factorized"):
-            shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-            return pointwise(subsample(shifted, (2, 2)), self.weight, super().forward)
-        conv = super().forward
-        return odd_pixels_1x1(x, lambda pixels: pointwise(pixels, self.weight, conv))
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        ctx.geometry = (x.shape, _layout(x))
+        return x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
+
+    @staticmethod
+    def backward(ctx, grad_even: torch.Tensor, grad_odd: torch.Tensor):
+        shape, layout = ctx.geometry
+        grad_x = torch.empty(
+            shape, dtype=grad_even.dtype, device=grad_even.device, memory_format=layout
+        )
+        grad_x[:, :, ::2, 1::2] = 0
+        grad_x[:, :, 1::2, ::2] = 0
+        grad_x[:, :, ::2, ::2] = grad_even  # autograd passes zeros for an unused output
+        grad_x[:, :, 1::2, 1::2] = grad_odd
+        return grad_x
 
 
 class DropPath(nn.Module):

@@ -170,12 +170,9 @@ class PiecewiseLinear(nn.Module):
 
 
 def _factorized(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """``FactorizedReduction``'s two stride-2 paths, concatenated: the even pixels, and the
-    odd ones (:func:`nasnet.ops.odd_pixels_1x1`), as ``nasnet.ops.SubsampleConv1x1`` computes
-    them."""
-    even = F.conv2d(_ops.subsample(x, (2, 2)), w1)
-    odd = _ops.odd_pixels_1x1(x, lambda pixels: F.conv2d(pixels, w2))
-    return torch.cat([even, odd], 1)
+    """``FactorizedReduction``'s two stride-2 paths, concatenated (the even pixels, and the
+    odd ones), as ``nasnet.ops.FactorizedReduction`` computes them."""
+    return _ops.factorized_1x1(x, lambda p: F.conv2d(p, w1), lambda p: F.conv2d(p, w2))
 
 
 class SuperCell(nn.Module):
