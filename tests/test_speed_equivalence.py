@@ -333,3 +333,48 @@ def test_even_and_odd_pixels_share_one_gradient(size):
         results.append((y, leaf.grad))
     assert torch.equal(results[1][0], results[0][0])
     assert torch.equal(results[1][1], results[0][1])
+
+
+@pytest.mark.parametrize("kernel", [5, 7, 9])
+def test_strided_depthwise_column_grad_equals_convolution_gradient(kernel):
+    for height, width in [(kernel, kernel), (kernel, kernel + 3), (12, 10), (17, 16)]:
+        x = torch.randn(2, 3, height, width, dtype=torch.float64)
+        x = x.to(memory_format=torch.channels_last).requires_grad_(True)
+        weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+        for stride in ((2, 2), (1, 2)):
+            y = F.conv2d(x, weight, None, stride, 0, 1, 3)
+            grad = torch.randn_like(y)
+            ref = torch.autograd.grad(y, (x, weight), grad)
+            y = ops._StridedDepthwiseColumnGrad.apply(x, weight, stride)
+            got = torch.autograd.grad(y, (x, weight), grad)
+            for a, b, what in zip(got, ref, ("dx", "dw"), strict=True):
+                assert_close(a, b, f"{kernel}x{kernel} stride {stride} {what} at {height}x{width}")
+
+
+def test_strided_depthwise_column_grad_runs_where_it_pays():
+    conv = ops.Conv2dSame(8, 8, 7, stride=2, groups=8).to(memory_format=torch.channels_last)
+    x = torch.randn(16, 8, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
+    results = []
+    for on in (False, True):
+        with fast_paths(on, "depthwise_column_grad"):
+            y = conv(x)
+        assert (y.grad_fn.name() == "_StridedDepthwiseColumnGradBackward") is on
+        results.append((y, *torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))))
+    for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+        assert_close(got, ref, f"depthwise 7x7 stride 2 {what} at 32x32")
+
+
+def test_concat_of_sums_equals_concatenated_sums():
+    torch.manual_seed(0)
+    shapes = [(2, 3, 4, 5), (2, 2, 4, 5), (2, 4, 4, 5)]
+    leaves = [torch.randn(s, dtype=torch.float64).to(memory_format=torch.channels_last)
+              for s in (shapes[0], shapes[0], shapes[1], shapes[2], shapes[2])]  # fmt: skip
+    leaves = [t.requires_grad_(True) for t in leaves]
+    a, b, c, d, e = leaves
+    ref = torch.cat([a + b, c, d + e], dim=1)
+    got = ops.concat_of_sums([(a, b), (c,), (d, e)])
+    assert torch.equal(got, ref) and got.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref)
+    for x, y in zip(torch.autograd.grad(got, leaves, grad), torch.autograd.grad(ref, leaves, grad),
+                    strict=True):  # fmt: skip
+        assert torch.equal(x, y)

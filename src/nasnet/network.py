@@ -24,6 +24,7 @@ from nasnet.ops import (
     FactorizedReduction,
     ReLUConvBN,
     after_relu,
+    concat_of_sums,
     fast,
     starts_with_relu,
 )
@@ -101,6 +102,11 @@ class CellModule(nn.Module):
                 )
                 state_channels[index] = channels
         self.out_channels = sum(state_channels[i] for i in self.output_states)
+        read = {i for block in cell.blocks for i in (block.input_1, block.input_2)}
+        self._summed_into_output = [
+            block.combine == "add" and NUM_CELL_INPUTS + k not in read
+            for k, block in enumerate(cell.blocks)
+        ]
         self._pre_i_relu = starts_with_relu(self.pre_i)
         self._relu_first = [starts_with_relu(op) for op in self.ops]
 
@@ -128,6 +134,7 @@ class CellModule(nn.Module):
             relus = None
         else:
             states, relus = self._inputs_shared(h_i, h_prev, relu_i, relu_prev)
+        addends: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sums summed into the output
         for k, block in enumerate(self.cell.blocks):
             pair = []
             for j, index in ((2 * k, block.input_1), (2 * k + 1, block.input_2)):
@@ -138,16 +145,27 @@ class CellModule(nn.Module):
                     out = op(states[index])
                 pair.append(self.drop_paths[j](out))
             a, b = pair
+            if self._summed_into_output[k] and fast("sums_into_output"):
+                addends[len(states)] = (a, b)
+                states.append(None)  # read by nothing but the output
+                if relus is not None:
+                    relus.append(None)
+                continue
             states.append(a + b if block.combine == "add" else torch.cat([a, b], dim=1))
             if relus is not None:
                 relus.append(LazyReLU(states[-1]))
-        outputs = []
+        outputs: list[tuple[torch.Tensor, ...]] = []
         for index in self.output_states:
+            if index in addends:
+                outputs.append(addends[index])
+                continue
             state = states[index]
             if str(index) in self.out_projections:
                 state = self.out_projections[str(index)](state)
-            outputs.append(state)
-        return torch.cat(outputs, dim=1)
+            outputs.append((state,))
+        if not addends:
+            return torch.cat([state for (state,) in outputs], dim=1)
+        return concat_of_sums(outputs)
 
     def _inputs_plain(self, h_i: torch.Tensor, h_prev: torch.Tensor) -> list[torch.Tensor]:
         return [self.pre_i(h_i), self.pre_prev(h_prev)]

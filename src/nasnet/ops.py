@@ -42,12 +42,15 @@ from torch import nn
 #: strided view keeps the input's memory layout (see :func:`subsample`);
 #: ``few_channel_batch_norm``: training-mode BatchNorm of channels_last maps with few channels
 #: reduces and scales a wide (pixels / r, r x channels) view (see :class:`BatchNorm2d`);
-#: ``depthwise_column_grad``: the weight gradient of a stride-1 depthwise convolution wider than
-#: 3 columns is computed three columns at a time (see :class:`_DepthwiseColumnGrad`);
+#: ``depthwise_column_grad``: the weight gradient of a depthwise convolution wider than 3 columns
+#: (stride 1, or stride 2 on a padded copy) is computed three columns at a time (see
+#: :class:`_DepthwiseColumnGrad` and :class:`_StridedDepthwiseColumnGrad`);
 #: ``avg_pool_as_conv``: stride-1 average pools of wide maps with few channels run as a
 #: depthwise convolution with a constant all-ones kernel, scaled by 1 / (cells in the window);
 #: ``paired_subsample``: the factorized reduction takes its even and odd pixels through one
-#: function whose gradient fills the input's shape once (not two zero tensors, then a sum).
+#: function whose gradient fills the input's shape once (not two zero tensors, then a sum);
+#: ``sums_into_output``: a cell adds the two halves of each block that only its output reads
+#: straight into the output tensor (no block sum to copy into a concatenation).
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
@@ -61,6 +64,7 @@ FAST_PATHS: dict[str, bool] = {
     "depthwise_column_grad": True,
     "avg_pool_as_conv": True,
     "paired_subsample": True,
+    "sums_into_output": True,
 }
 
 
@@ -278,9 +282,9 @@ class Conv2dSame(nn.Conv2d):
 
         self._pointwise = self.kernel_size == (1, 1) and self._static and groups == 1
         self._strided_1x1 = self.kernel_size == (1, 1) and not self._static and groups == 1
-        self._column_grad = (
-            self._depthwise and self._static and self.dilation == (1, 1) and self.kernel_size[1] > 3
-        )
+        wide = self._depthwise and self.dilation == (1, 1) and self.kernel_size[1] > 3
+        self._column_grad = wide and self._static
+        self._strided_column_grad = wide and self.stride[1] == 2 and self.kernel_size[1] % 2 == 1
 
     def _unit_stride(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
@@ -310,6 +314,8 @@ class Conv2dSame(nn.Conv2d):
                     s, d, g = self.stride, self.dilation, self.groups
                     return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+            if self._strided_column_grad and _column_grad_pays(x) and fast("depthwise_column_grad"):
+                return _StridedDepthwiseColumnGrad.apply(x, self.weight, self.stride)
         return super().forward(x)
 
 
@@ -353,13 +359,57 @@ class _DepthwiseColumnGrad(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-def _depthwise_backward(grad, x, weight, padding, data: bool) -> torch.Tensor:
-    """oneDNN's input (``data``) or weight gradient of a stride-1 depthwise convolution."""
+def _depthwise_backward(grad, x, weight, padding, data: bool, stride=(1, 1)) -> torch.Tensor:
+    """oneDNN's input (``data``) or weight gradient of a depthwise convolution."""
     mask = [data, not data, False]
     result = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0], x.shape[1], mask
-    )
+        grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], x.shape[1],
+        mask,
+    )  # fmt: skip
     return result[0] if data else result[1]
+
+
+class _StridedDepthwiseColumnGrad(torch.autograd.Function):
+    """A depthwise convolution without padding (of a padded copy), stride 2 along the width
+    and an odd kernel wider than 3, whose weight gradient is assembled from kernels 3 columns
+    wide (oneDNN's fast depthwise kernel only takes those; see :class:`_DepthwiseColumnGrad`).
+
+    The kernel columns ``2d .. 2d + 2`` are the gradient of a 3-wide kernel at the same
+    stride against the output gradient moved ``d`` columns right on a zero canvas as wide as
+    that kernel's output: every product lands on the same pixel pair, and none of the 3-wide
+    kernel's extra output columns meets a nonzero gradient. Measured for 5x5 and 7x7 kernels
+    on padded maps 11-37 pixels wide: the weight gradient 2x-3x faster, forward + backward
+    1.2x-1.45x (1 thread) and 1.03x-1.27x (2 threads).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride):
+        ctx.save_for_backward(x, weight)
+        ctx.stride = stride
+        return F.conv2d(x, weight, None, stride, 0, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _depthwise_backward(grad, x, weight, (0, 0), True, ctx.stride)
+        if ctx.needs_input_grad[1]:
+            grad_w = _strided_weight_grad_by_columns(grad, x, weight.shape, ctx.stride)
+        return grad_x, grad_w, None
+
+
+def _strided_weight_grad_by_columns(grad, x, weight_shape, stride) -> torch.Tensor:
+    height, width = weight_shape[2], weight_shape[3]
+    narrow = x.new_empty(x.shape[1], 1, height, 3)  # only its shape is read
+    spare = (x.shape[3] - 3) // 2 + 1 - grad.shape[3]  # extra output columns of a 3-wide kernel
+    columns = []
+    for d in range((width - 1) // 2):  # kernel columns 2d .. 2d + 2; the first is in the last
+        moved = F.pad(grad, (d, spare - d))
+        window = _depthwise_backward(moved, x, narrow, (0, 0), False, stride)
+        columns.append(window if d == 0 else window[..., 1:])
+    return torch.cat(columns, dim=3)
 
 
 def _depthwise_weight_grad_by_columns(grad, x, height: int, padding) -> torch.Tensor:
@@ -714,6 +764,49 @@ class _EvenOddPixels(torch.autograd.Function):
         grad_x[:, :, ::2, ::2] = grad_even  # autograd passes zeros for an unused output
         grad_x[:, :, 1::2, 1::2] = grad_odd
         return grad_x
+
+
+def concat_of_sums(parts: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """``torch.cat([sum(part) for part in parts], dim=1)`` for parts of one or two tensors,
+    each sum written straight into its slice of the result."""
+    arity = tuple(len(part) for part in parts)
+    return _ConcatOfSums.apply(arity, *(t for part in parts for t in part))
+
+
+class _ConcatOfSums(torch.autograd.Function):
+    """See :func:`concat_of_sums`; the gradient of each part is its slice of the output's."""
+
+    @staticmethod
+    def forward(ctx, arity: tuple[int, ...], *tensors: torch.Tensor) -> torch.Tensor:
+        first = tensors[0]
+        widths, start = [], 0
+        for k in arity:
+            widths.append(tensors[start].shape[1])
+            start += k
+        n, _, height, width = first.shape
+        out = torch.empty(
+            (n, sum(widths), height, width), dtype=first.dtype, device=first.device,
+            memory_format=_layout(first),
+        )  # fmt: skip
+        start = offset = 0
+        for k, c in zip(arity, widths, strict=True):
+            target = out[:, offset : offset + c]
+            if k == 2:
+                torch.add(tensors[start], tensors[start + 1], out=target)
+            else:
+                target.copy_(tensors[start])
+            start, offset = start + k, offset + c
+        ctx.arity, ctx.widths = arity, widths
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grads: list[torch.Tensor | None] = [None]
+        offset = 0
+        for k, c in zip(ctx.arity, ctx.widths, strict=True):
+            grads += [grad[:, offset : offset + c]] * k
+            offset += c
+        return tuple(grads)
 
 
 class DropPath(nn.Module):
