@@ -261,14 +261,16 @@ def test_depthwise_column_grad_equals_convolution_gradient(kernel):
         weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
         grad = torch.randn(2, 3, height, width, dtype=torch.float64)
         ref = torch.autograd.grad(F.conv2d(x, weight, None, 1, pad, 1, 3), (x, weight), grad)
-        y = ops._DepthwiseColumnGrad.apply(x, weight, (pad, pad))
+        y = ops._DepthwiseColumnGrad.apply(x, weight, (1, 1), (pad, pad))
         got = torch.autograd.grad(y, (x, weight), grad)
         for a, b, what in zip(got, ref, ("dx", "dw"), strict=True):
             assert_close(a, b, f"depthwise {kernel}x{kernel} {what} at {height}x{width}")
 
 
-def test_depthwise_column_grad_runs_where_it_pays():
-    conv = ops.Conv2dSame(8, 8, 5, groups=8).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("kernel, stride", [(5, 1), (7, 2)])
+def test_depthwise_column_grad_runs_where_it_pays(kernel, stride):
+    conv = ops.Conv2dSame(8, 8, kernel, stride=stride, groups=8)
+    conv = conv.to(memory_format=torch.channels_last)
     x = torch.randn(16, 8, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
     assert ops._column_grad_pays(x) and not ops._column_grad_pays(x[:, :, :8, :4])
     results = []
@@ -278,7 +280,7 @@ def test_depthwise_column_grad_runs_where_it_pays():
         assert (y.grad_fn.name() == "_DepthwiseColumnGradBackward") is on
         results.append((y, *torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))))
     for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
-        assert_close(got, ref, f"depthwise 5x5 {what} at 32x32")
+        assert_close(got, ref, f"depthwise {kernel}x{kernel} stride {stride} {what} at 32x32")
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
@@ -345,23 +347,10 @@ def test_strided_depthwise_column_grad_equals_convolution_gradient(kernel):
             y = F.conv2d(x, weight, None, stride, 0, 1, 3)
             grad = torch.randn_like(y)
             ref = torch.autograd.grad(y, (x, weight), grad)
-            y = ops._StridedDepthwiseColumnGrad.apply(x, weight, stride)
+            y = ops._DepthwiseColumnGrad.apply(x, weight, stride, (0, 0))
             got = torch.autograd.grad(y, (x, weight), grad)
             for a, b, what in zip(got, ref, ("dx", "dw"), strict=True):
                 assert_close(a, b, f"{kernel}x{kernel} stride {stride} {what} at {height}x{width}")
-
-
-def test_strided_depthwise_column_grad_runs_where_it_pays():
-    conv = ops.Conv2dSame(8, 8, 7, stride=2, groups=8).to(memory_format=torch.channels_last)
-    x = torch.randn(16, 8, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
-    results = []
-    for on in (False, True):
-        with fast_paths(on, "depthwise_column_grad"):
-            y = conv(x)
-        assert (y.grad_fn.name() == "_StridedDepthwiseColumnGradBackward") is on
-        results.append((y, *torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))))
-    for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
-        assert_close(got, ref, f"depthwise 7x7 stride 2 {what} at 32x32")
 
 
 def test_concat_of_sums_equals_concatenated_sums():

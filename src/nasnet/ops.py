@@ -44,7 +44,7 @@ from torch import nn
 #: reduces and scales a wide (pixels / r, r x channels) view (see :class:`BatchNorm2d`);
 #: ``depthwise_column_grad``: the weight gradient of a depthwise convolution wider than 3 columns
 #: (stride 1, or stride 2 on a padded copy) is computed three columns at a time (see
-#: :class:`_DepthwiseColumnGrad` and :class:`_StridedDepthwiseColumnGrad`);
+#: :class:`_DepthwiseColumnGrad`);
 #: ``avg_pool_as_conv``: stride-1 average pools of wide maps with few channels run as a
 #: depthwise convolution with a constant all-ones kernel, scaled by 1 / (cells in the window);
 #: ``paired_subsample``: the factorized reduction takes its even and odd pixels through one
@@ -306,7 +306,7 @@ class Conv2dSame(nn.Conv2d):
                 bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
                 return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
         if self._column_grad and _column_grad_pays(x) and fast("depthwise_column_grad"):
-            return _DepthwiseColumnGrad.apply(x, self.weight, self.padding)
+            return _DepthwiseColumnGrad.apply(x, self.weight, (1, 1), self.padding)
         if not self._static:
             if fast("native_padding"):
                 padding = _symmetric_same(x, self.kernel_size, self.stride, self.dilation)
@@ -315,7 +315,7 @@ class Conv2dSame(nn.Conv2d):
                     return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
             if self._strided_column_grad and _column_grad_pays(x) and fast("depthwise_column_grad"):
-                return _StridedDepthwiseColumnGrad.apply(x, self.weight, self.stride)
+                return _DepthwiseColumnGrad.apply(x, self.weight, self.stride, (0, 0))
         return super().forward(x)
 
 
@@ -330,22 +330,32 @@ def _column_grad_pays(x: torch.Tensor) -> bool:
 
 
 class _DepthwiseColumnGrad(torch.autograd.Function):
-    """A stride-1 depthwise convolution (kernel wider than 3, symmetric padding) whose weight
-    gradient is assembled from kernels three columns wide.
+    """A depthwise convolution (kernel wider than 3) whose weight gradient is assembled from
+    kernels three columns wide.
 
     oneDNN (torch 2.13, AVX2) runs the depthwise weight gradient in its fast depthwise kernel
     only for kernels at most 3 wide with at most one column of padding; 5x5 and 7x7 fall to a
-    generic grouped kernel, 1.3x-3x slower than three narrow calls. A window of columns
-    ``pw - 1 - s .. pw + 1 - s`` (``pw`` the padding) is the narrow kernel's gradient against
-    the output gradient shifted by ``s`` columns; the shift drops the products at one edge,
-    which are padding for the window's outer columns, so only those are taken from it.
+    generic grouped kernel, 1.3x-3x slower than three narrow calls.
+
+    At stride 1 (symmetric padding), a window of columns ``pw - 1 - s .. pw + 1 - s`` (``pw``
+    the padding) is the narrow kernel's gradient against the output gradient shifted by ``s``
+    columns; the shift drops the products at one edge, which are padding for the window's
+    outer columns, so only those are taken from it.
+
+    At stride 2 along the width (on a padded copy, no padding of its own, odd kernel), the kernel
+    columns ``2d .. 2d + 2`` are the gradient of a 3-wide kernel at the same stride against
+    the output gradient moved ``d`` columns right on a zero canvas as wide as that kernel's
+    output: every product lands on the same pixel pair, and none of the 3-wide kernel's extra
+    output columns meets a nonzero gradient. Measured for 5x5 and 7x7 kernels on padded maps
+    11-37 pixels wide: the weight gradient 2x-3x faster, forward + backward 1.2x-1.45x (1
+    thread) and 1.03x-1.27x (2 threads).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, padding):
+    def forward(ctx, x, weight, stride, padding):
         ctx.save_for_backward(x, weight)
-        ctx.padding = padding
-        return F.conv2d(x, weight, None, 1, padding, 1, x.shape[1])
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
@@ -353,10 +363,12 @@ class _DepthwiseColumnGrad(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _depthwise_backward(grad, x, weight, ctx.padding, data=True)
-        if ctx.needs_input_grad[1]:
+            grad_x = _depthwise_backward(grad, x, weight, ctx.padding, True, ctx.stride)
+        if ctx.needs_input_grad[1] and ctx.stride == (1, 1):
             grad_w = _depthwise_weight_grad_by_columns(grad, x, weight.shape[2], ctx.padding)
-        return grad_x, grad_w, None
+        elif ctx.needs_input_grad[1]:
+            grad_w = _strided_weight_grad_by_columns(grad, x, weight.shape, ctx.stride)
+        return grad_x, grad_w, None, None
 
 
 def _depthwise_backward(grad, x, weight, padding, data: bool, stride=(1, 1)) -> torch.Tensor:
@@ -367,37 +379,6 @@ def _depthwise_backward(grad, x, weight, padding, data: bool, stride=(1, 1)) -> 
         mask,
     )  # fmt: skip
     return result[0] if data else result[1]
-
-
-class _StridedDepthwiseColumnGrad(torch.autograd.Function):
-    """A depthwise convolution without padding (of a padded copy), stride 2 along the width
-    and an odd kernel wider than 3, whose weight gradient is assembled from kernels 3 columns
-    wide (oneDNN's fast depthwise kernel only takes those; see :class:`_DepthwiseColumnGrad`).
-
-    The kernel columns ``2d .. 2d + 2`` are the gradient of a 3-wide kernel at the same
-    stride against the output gradient moved ``d`` columns right on a zero canvas as wide as
-    that kernel's output: every product lands on the same pixel pair, and none of the 3-wide
-    kernel's extra output columns meets a nonzero gradient. Measured for 5x5 and 7x7 kernels
-    on padded maps 11-37 pixels wide: the weight gradient 2x-3x faster, forward + backward
-    1.2x-1.45x (1 thread) and 1.03x-1.27x (2 threads).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, stride):
-        ctx.save_for_backward(x, weight)
-        ctx.stride = stride
-        return F.conv2d(x, weight, None, stride, 0, 1, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _depthwise_backward(grad, x, weight, (0, 0), True, ctx.stride)
-        if ctx.needs_input_grad[1]:
-            grad_w = _strided_weight_grad_by_columns(grad, x, weight.shape, ctx.stride)
-        return grad_x, grad_w, None
 
 
 def _strided_weight_grad_by_columns(grad, x, weight_shape, stride) -> torch.Tensor:
