@@ -564,7 +564,7 @@ class AvgPool2dSame(nn.Module):
 #: A stride-1 average pool runs as a depthwise convolution on channels_last CPU maps at least
 #: this wide with fewer channels than ``[1]``: ATen's channels_last pool is slow per element
 #: at few channels (1.3x-2x the convolution's time for forward + backward at 16x16 and 32x32,
-#: 8-36 channels; even at 96 channels or on 8x8 maps).
+#: 8-36 channels; about equal at 96 channels, and on 8x8 maps, where the pool stays).
 WINDOW_SUM_SHAPE = (16, 64)
 
 
