@@ -134,7 +134,7 @@ class CellModule(nn.Module):
             relus = None
         else:
             states, relus = self._inputs_shared(h_i, h_prev, relu_i, relu_prev)
-        addends: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sums summed into the output
+        addends: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # summed into the output
         for k, block in enumerate(self.cell.blocks):
             pair = []
             for j, index in ((2 * k, block.input_1), (2 * k + 1, block.input_2)):
@@ -154,6 +154,13 @@ class CellModule(nn.Module):
             states.append(a + b if block.combine == "add" else torch.cat([a, b], dim=1))
             if relus is not None:
                 relus.append(LazyReLU(states[-1]))
+        return self._output(states, addends)
+
+    def _output(
+        self, states: list, addends: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """The unused states (projected where needed) concatenated; a block in ``addends`` is
+        summed straight into its slice of the output."""
         outputs: list[tuple[torch.Tensor, ...]] = []
         for index in self.output_states:
             if index in addends:

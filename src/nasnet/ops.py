@@ -539,12 +539,12 @@ class AvgPool2dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel, self.stride
+        if s == 1 and k % 2 == 1 and _window_sum_pays(x) and fast("avg_pool_as_conv"):
+            return window_mean(x, k)
         height, width = _spatial(x)
         top, bottom = same_padding(height, k, s)
         left, right = same_padding(width, k, s)
         count_pad = self.count_pad_strided and s > 1
-        if s == 1 and k % 2 == 1 and _window_sum_pays(x) and fast("avg_pool_as_conv"):
-            return window_mean(x, k)
         if fast("pool_ceil_mode"):
             pads = ceil_mode_padding(height, k, s), ceil_mode_padding(width, k, s)
             if None not in pads:  # timm's zero-padded windows: every window divides by k * k
@@ -759,24 +759,24 @@ class _ConcatOfSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, arity: tuple[int, ...], *tensors: torch.Tensor) -> torch.Tensor:
-        first = tensors[0]
-        widths, start = [], 0
+        parts, start = [], 0
         for k in arity:
-            widths.append(tensors[start].shape[1])
+            parts.append(tensors[start : start + k])
             start += k
-        n, _, height, width = first.shape
+        widths = [part[0].shape[1] for part in parts]
+        n, _, height, width = tensors[0].shape
         out = torch.empty(
-            (n, sum(widths), height, width), dtype=first.dtype, device=first.device,
-            memory_format=_layout(first),
+            (n, sum(widths), height, width), dtype=tensors[0].dtype, device=tensors[0].device,
+            memory_format=_layout(tensors[0]),
         )  # fmt: skip
-        start = offset = 0
-        for k, c in zip(arity, widths, strict=True):
+        offset = 0
+        for part, c in zip(parts, widths, strict=True):
             target = out[:, offset : offset + c]
-            if k == 2:
-                torch.add(tensors[start], tensors[start + 1], out=target)
+            if len(part) == 2:
+                torch.add(*part, out=target)
             else:
-                target.copy_(tensors[start])
-            start, offset = start + k, offset + c
+                target.copy_(part[0])
+            offset += c
         ctx.arity, ctx.widths = arity, widths
         return out
 
