@@ -29,6 +29,14 @@ def fast_paths(on: bool, only: str | None = None):
         ops.FAST_PATHS.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def every_size_takes_the_fast_paths(monkeypatch):
+    """Small test maps take the paths that are gated to large maps (and to channel counts that
+    are not whole vectors) for speed, so that each test compares two different computations."""
+    monkeypatch.setattr(ops, "FEW_CHANNEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(ops, "_float_vector_width", lambda: 64)
+
+
 def assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     scale = max(1.0, b.abs().max().item())
     diff = (a - b).abs().max().item()
@@ -209,7 +217,7 @@ def test_strided_view_gradients_keep_channels_last(offset):
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
-@pytest.mark.parametrize("shape", [(4, 12, 6, 6), (3, 8, 5, 7), (2, 3, 1, 2), (5, 15, 3, 3)])
+@pytest.mark.parametrize("shape", [(4, 12, 6, 6), (3, 7, 5, 7), (2, 3, 1, 2), (5, 15, 3, 3)])
 def test_few_channel_batch_norm_equals_batch_norm(shape, momentum):
     # outputs, every gradient and the running statistics eval mode will use, over two steps
     results = []
@@ -224,7 +232,8 @@ def test_few_channel_batch_norm_equals_batch_norm(shape, momentum):
             x = (torch.randn(shape, dtype=torch.float64) * 3 + step).to(
                 memory_format=torch.channels_last).requires_grad_(True)  # fmt: skip
             with fast_paths(on, "few_channel_batch_norm"):
-                y = layer.double()(x)
+                assert (layer.double()._wide_rows(x) is not None) == on
+                y = layer(x)
             assert y.is_contiguous(memory_format=torch.channels_last)
             grad = torch.randn(shape, dtype=torch.float64)
             steps.append((y, *torch.autograd.grad(y, (x, layer.weight, layer.bias), grad)))
@@ -238,18 +247,50 @@ def test_few_channel_batch_norm_equals_batch_norm(shape, momentum):
         assert_close(a.double(), b.double(), f"running statistics {shape}")
 
 
-def test_few_channel_batch_norm_keeps_aten_for_what_it_does_not_cover():
+def test_few_channel_batch_norm_keeps_aten_for_what_it_does_not_cover(monkeypatch):
     def rows(channels, shape, channels_last=True, train=True):
         x = torch.randn(shape[0], channels, *shape[1:])
         x = x.to(memory_format=torch.channels_last) if channels_last else x
         return ops.BatchNorm2d(channels).train(train)._wide_rows(x)
 
     assert rows(16, (2, 4, 4)) is None  # ATen's kernel is the faster one from 16 channels
-    assert rows(8, (2, 4, 4), channels_last=False) is None
-    assert rows(8, (2, 4, 4), train=False) is None
-    assert rows(8, (1, 1, 1)) is None  # ATen raises its own error for one value per channel
-    assert rows(8, (2, 4, 4)) == 8
-    assert rows(8, (1, 3, 3)) == 1
+    assert rows(6, (2, 4, 4), channels_last=False) is None
+    assert rows(6, (2, 4, 4), train=False) is None
+    assert rows(6, (1, 1, 1)) is None  # ATen raises its own error for one value per channel
+    assert rows(6, (2, 4, 4)) == 8
+    assert rows(6, (1, 3, 3)) == 1
+    monkeypatch.setattr(ops, "_float_vector_width", lambda: 8)  # AVX2
+    assert rows(8, (2, 4, 4)) is None  # whole vectors: ATen is as fast
+    assert rows(12, (2, 4, 4)) == 8
+    monkeypatch.setattr(ops, "FEW_CHANNEL_MIN_ELEMENTS", 1 << 16)
+    assert rows(12, (8, 16, 16)) is None  # 24,576 elements: the extra calls cost more
+    assert rows(12, (64, 16, 16)) == 8
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("size", [1, 3])
+def test_whole_map_convolution_equals_convolution(size, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    layer = ops.WholeMapConv(6, 10, size).double().to(memory_format=fmt)
+    x = torch.randn(4, 6, size, size, dtype=torch.float64).to(memory_format=fmt)
+    x.requires_grad_(True)
+    grad, results = torch.randn(4, 10, 1, 1, dtype=torch.float64), []
+    for on in (False, True):
+        with fast_paths(on, "whole_map_linear"):
+            y = layer(x)
+        assert y.shape == (4, 10, 1, 1)
+        results.append((y, *torch.autograd.grad(y, (x, layer.weight), grad)))
+        assert results[-1][2].is_contiguous(memory_format=fmt)  # the weight keeps its layout
+    for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+        assert_close(got, ref, f"whole-map convolution {what} at {size}x{size}")
+
+
+def test_whole_map_convolution_runs_as_linear_only_on_maps_of_its_size():
+    layer = ops.WholeMapConv(6, 10, 2)
+    with torch.no_grad(), fast_paths(True):
+        x = torch.randn(2, 6, 2, 2)
+        assert torch.equal(layer(x), ops.whole_map_linear(x, layer.weight))
+        assert layer(torch.randn(2, 6, 3, 3)).shape == (2, 10, 2, 2)  # a real convolution
 
 
 @pytest.mark.parametrize("kernel", [5, 7, 9])

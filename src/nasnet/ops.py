@@ -50,7 +50,9 @@ from torch import nn
 #: ``paired_subsample``: the factorized reduction takes its even and odd pixels through one
 #: function whose gradient fills the input's shape once (not two zero tensors, then a sum);
 #: ``sums_into_output``: a cell adds the two halves of each block that only its output reads
-#: straight into the output tensor (no block sum to copy into a concatenation).
+#: straight into the output tensor (no block sum to copy into a concatenation);
+#: ``whole_map_linear``: a convolution whose kernel covers the whole map (the aux head's) runs
+#: as a linear layer (see :class:`WholeMapConv`).
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
@@ -65,6 +67,7 @@ FAST_PATHS: dict[str, bool] = {
     "avg_pool_as_conv": True,
     "paired_subsample": True,
     "sums_into_output": True,
+    "whole_map_linear": True,
 }
 
 
@@ -128,6 +131,15 @@ class BNConfig:
 #: :class:`_FewChannelBatchNorm`: ATen's channels_last kernel (torch 2.13, AVX2) is 2-3x slower
 #: per element below 16 channels than at 16 or more, where it beats the wide view.
 FEW_CHANNELS = 16
+#: ... if the map has at least this many elements: below, the wide view's extra calls cost more
+#: than they save (0.3x-0.7x at 4-16 channels and 2^11-2^15 elements; 1.1x-3x from 2^16).
+FEW_CHANNEL_MIN_ELEMENTS = 1 << 16
+
+
+@lru_cache(maxsize=1)
+def _float_vector_width() -> int:
+    """float32 lanes of the CPU's widest vector unit that ATen uses."""
+    return 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -159,6 +171,8 @@ class BatchNorm2d(nn.BatchNorm2d):
             and x.device.type == "cpu"  # measured on CPU kernels only
             and x.dim() == 4
             and x.shape[1] < FEW_CHANNELS
+            and x.shape[1] % _float_vector_width() != 0  # ATen fills whole vectors: as fast
+            and x.numel() >= FEW_CHANNEL_MIN_ELEMENTS
             and x.dtype in (torch.float32, torch.float64)
             and x.is_contiguous(memory_format=torch.channels_last)
             and fast("few_channel_batch_norm")
@@ -460,6 +474,33 @@ class Pointwise(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pointwise(x, self.weight, super().forward)
+
+
+def whole_map_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A VALID convolution (no bias) whose kernel is exactly the map: one output pixel, so a
+    linear layer on the flattened map, flattened in the weight's memory order (views only)."""
+    n, c_out = x.shape[0], weight.shape[0]
+    if weight.is_contiguous():
+        flat_x, flat_w = x.reshape(n, -1), weight.view(c_out, -1)
+    else:  # channels_last weights: flatten (H, W, C) on both sides
+        flat_x = x.permute(0, 2, 3, 1).reshape(n, -1)
+        flat_w = weight.permute(0, 2, 3, 1).reshape(c_out, -1)
+    return F.linear(flat_x, flat_w).view(n, c_out, 1, 1)
+
+
+class WholeMapConv(nn.Conv2d):
+    """``nn.Conv2d(c_in, c_out, kernel, bias=False)`` for maps of exactly the kernel's size (the
+    aux head's second convolution), run as :func:`whole_map_linear` (fast path
+    ``whole_map_linear``: oneDNN's convolution of such maps is 3x-7x slower, measured for 1x1
+    to 4x4 maps with 128 to 768 channels, forward + backward)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int):
+        super().__init__(c_in, c_out, kernel, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == self.kernel_size and fast("whole_map_linear"):
+            return whole_map_linear(x, self.weight)
+        return super().forward(x)
 
 
 @lru_cache(maxsize=256)
