@@ -250,9 +250,13 @@ class ChildTrainer:
         self.genotype = genotype
         self.device = resolve_device(config.device)
         self.model = build_model(genotype, config, data).to(self.device)
+        self.params = list(self.model.parameters())
+        # foreach: a few multi-tensor kernels per step instead of four ops per parameter (the
+        # default on CPU); the same arithmetic, element by element.
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.lr, momentum=config.momentum,
+            self.params, lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
+            foreach=True,
         )  # fmt: skip
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
         self.augment = Augment.for_dataset(data, config.cutout, config.channels_last)
@@ -360,7 +364,7 @@ class ChildTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip, foreach=True)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
