@@ -231,8 +231,9 @@ def test_few_channel_batch_norm_equals_batch_norm(shape, momentum):
         for step in range(2):
             x = (torch.randn(shape, dtype=torch.float64) * 3 + step).to(
                 memory_format=torch.channels_last).requires_grad_(True)  # fmt: skip
+            layer = layer.double()
             with fast_paths(on, "few_channel_batch_norm"):
-                assert (layer.double()._wide_rows(x) is not None) == on
+                assert (layer._wide_rows(x) is not None) == on
                 y = layer(x)
             assert y.is_contiguous(memory_format=torch.channels_last)
             grad = torch.randn(shape, dtype=torch.float64)
@@ -285,12 +286,22 @@ def test_whole_map_convolution_equals_convolution(size, channels_last):
         assert_close(got, ref, f"whole-map convolution {what} at {size}x{size}")
 
 
-def test_whole_map_convolution_runs_as_linear_only_on_maps_of_its_size():
+def test_whole_map_convolution_runs_as_linear_only_on_maps_of_its_size(monkeypatch):
+    calls = []
+
+    def recorded(x, weight):
+        calls.append(tuple(x.shape))
+        return linear(x, weight)
+
+    linear = ops.whole_map_linear
+    monkeypatch.setattr(ops, "whole_map_linear", recorded)
     layer = ops.WholeMapConv(6, 10, 2)
     with torch.no_grad(), fast_paths(True):
-        x = torch.randn(2, 6, 2, 2)
-        assert torch.equal(layer(x), ops.whole_map_linear(x, layer.weight))
+        assert layer(torch.randn(2, 6, 2, 2)).shape == (2, 10, 1, 1)
         assert layer(torch.randn(2, 6, 3, 3)).shape == (2, 10, 2, 2)  # a real convolution
+    with torch.no_grad(), fast_paths(False):
+        layer(torch.randn(2, 6, 2, 2))
+    assert calls == [(2, 6, 2, 2)]
 
 
 @pytest.mark.parametrize("kernel", [5, 7, 9])
