@@ -252,7 +252,7 @@ class ChildTrainer:
         self.model = build_model(genotype, config, data).to(self.device)
         self.params = list(self.model.parameters())
         # foreach: a few multi-tensor kernels per step instead of four ops per parameter (the
-        # default on CPU); the same arithmetic, element by element.
+        # default on CPU); the same arithmetic, element by element. Devices are cpu or cuda.
         self.optimizer = torch.optim.SGD(
             self.params, lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
@@ -364,7 +364,7 @@ class ChildTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip, foreach=True)
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
