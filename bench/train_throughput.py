@@ -47,7 +47,8 @@ sys.path.insert(
 )
 
 from nasnet.counting import count_mult_adds, count_params
-from nasnet.data import Dataset, load_dataset, make_synthetic
+from nasnet.data import Dataset, make_synthetic
+from nasnet.evaluators.train import cached_dataset
 from nasnet.genotypes import NASNET_A
 from nasnet.search_config import default_child
 from nasnet.train import ChildTrainer, TrainConfig
@@ -58,7 +59,7 @@ nasnet_file = sys.modules["nasnet"].__file__
 def child_data(args: argparse.Namespace, batch: int) -> tuple[str, Dataset]:
     """(spec, data): the search's digits, or synthetic CIFAR-shaped data."""
     if args.search_child:
-        return args.dataset, load_dataset(args.dataset)
+        return args.dataset, cached_dataset(args.dataset)  # loaded once per process
     synthetic = make_synthetic(classes=10, channels=3, size=32, train=max(256, batch), val=1,
                                test=1)  # fmt: skip
     return "synthetic", synthetic

@@ -531,18 +531,16 @@ def _dense_depthwise(
     n, c, height, width = x.shape
     taps = torch.cat([weight.reshape(c, -1), weight.new_zeros(c, 1)], 1)  # (C, taps + 1)
     index = index.to(x.device)
-    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    layout = _layout(x)
     if bmm:
         matrix = taps[:, index]  # (C, Q, P)
         pixels = x.permute(1, 0, 2, 3).reshape(c, n, height * width)
         out = torch.bmm(pixels, matrix.transpose(1, 2)).view(c, n, out_h, out_w)
-        out = out.permute(1, 0, 2, 3)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return out.contiguous(memory_format=fmt)
+        return out.permute(1, 0, 2, 3).contiguous(memory_format=layout)
     matrix = taps.t()[index]  # (Q, P, C)
     pixels = x.permute(0, 2, 3, 1).reshape(n, 1, height * width, c)
     out = (pixels * matrix).sum(2).view(n, out_h, out_w, c).permute(0, 3, 1, 2)
-    return out if channels_last else out.contiguous()  # channels_last strides already
+    return out.contiguous(memory_format=layout)  # a no-op for channels_last: its strides already
 
 
 class MaxPool2dSame(nn.Module):
