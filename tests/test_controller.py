@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from nasnet.controller import Controller
+from nasnet.controller import INIT_RANGE, Controller
 from nasnet.space import OPS, SearchSpace
 
 
@@ -31,7 +31,8 @@ def test_architecture_follows_the_paper(space: SearchSpace) -> None:
     assert sizes[2] == sizes[3] == len(OPS) and sizes[4] == 2
     assert c.embedding.num_embeddings == sum(sizes[:-1])
     weights = torch.cat([p.detach().flatten() for p in c.parameters()])
-    assert float(weights.abs().max()) <= 0.1
+    # U(-0.1, 0.1) drawn in float32 may land on float32(0.1), a hair above the float 0.1
+    assert bool(weights.abs().max() <= torch.tensor(INIT_RANGE, dtype=weights.dtype))
     assert float(weights.std()) > 0.04  # spread over the range, not all zero
 
 
