@@ -162,6 +162,8 @@ def test_dense_depthwise_equals_padded_convolution(channels_last):
             grad = torch.ones_like(y) + torch.arange(y.numel()).view_as(y) % 3
             results.append((y, *torch.autograd.grad(y, (x, conv.weight), grad)))
             assert y.is_contiguous(memory_format=fmt)
+            if channels_last:  # the default layout: dx stays in it (no conversion downstream)
+                assert results[-1][1].is_contiguous(memory_format=fmt)
         for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
             assert_close(got, ref, f"depthwise {what} {size} k{k} s{s} d{d}")
 

@@ -531,16 +531,45 @@ def _dense_depthwise(
     n, c, height, width = x.shape
     taps = torch.cat([weight.reshape(c, -1), weight.new_zeros(c, 1)], 1)  # (C, taps + 1)
     index = index.to(x.device)
-    layout = _layout(x)
     if bmm:
-        matrix = taps[:, index]  # (C, Q, P)
-        pixels = x.permute(1, 0, 2, 3).reshape(c, n, height * width)
-        out = torch.bmm(pixels, matrix.transpose(1, 2)).view(c, n, out_h, out_w)
-        return out.permute(1, 0, 2, 3).contiguous(memory_format=layout)
+        return _PerChannelMatmul.apply(x, taps[:, index], out_h, out_w)
+    layout = _layout(x)
     matrix = taps.t()[index]  # (Q, P, C)
     pixels = x.permute(0, 2, 3, 1).reshape(n, 1, height * width, c)
     out = (pixels * matrix).sum(2).view(n, out_h, out_w, c).permute(0, 3, 1, 2)
     return out.contiguous(memory_format=layout)  # a no-op for channels_last: its strides already
+
+
+class _PerChannelMatmul(torch.autograd.Function):
+    """``out[n, c, q] = sum_p x[n, c, p] * matrix[c, q, p]`` (``p``, ``q`` pixels of the input and
+    output maps) as batched matrix products over channels, every operand copied once into the
+    (channel, batch, pixel) order BLAS takes.
+
+    ``torch.bmm`` on the strided views of a channels_last map instead clones each channel's
+    matrix separately, forward and backward (2.5x-5.7x slower at 4x4 maps with 48-672
+    channels, batch 32-64, and slower at two threads than at one)."""
+
+    @staticmethod
+    def forward(ctx, x, matrix, out_h, out_w):
+        n, c, height, width = x.shape
+        pixels = x.permute(1, 0, 2, 3).reshape(c, n, height * width).contiguous()
+        out = torch.bmm(pixels, matrix.transpose(1, 2)).view(c, n, out_h, out_w)
+        ctx.save_for_backward(pixels, matrix)
+        ctx.layout, ctx.input_hw = _layout(x), (height, width)
+        return out.permute(1, 0, 2, 3).contiguous(memory_format=ctx.layout)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pixels, matrix = ctx.saved_tensors
+        c, n, _ = pixels.shape
+        grad = grad.permute(1, 0, 2, 3).reshape(c, n, -1).contiguous()  # (C, N, Q)
+        grad_x = grad_matrix = None
+        if ctx.needs_input_grad[0]:
+            grad_pixels = torch.bmm(grad, matrix).view(c, n, *ctx.input_hw)
+            grad_x = grad_pixels.permute(1, 0, 2, 3).contiguous(memory_format=ctx.layout)
+        if ctx.needs_input_grad[1]:
+            grad_matrix = torch.bmm(grad.transpose(1, 2), pixels)  # (C, Q, P)
+        return grad_x, grad_matrix, None, None
 
 
 class MaxPool2dSame(nn.Module):
