@@ -424,11 +424,17 @@ def _shift_columns(grad: torch.Tensor, shift: int) -> torch.Tensor:
     """``grad[..., w + shift]``, zero where that is outside the map."""
     if abs(shift) >= grad.shape[3]:
         return torch.zeros_like(grad)
+    if shift == 0:
+        return grad
+    # not F.pad, which zero-fills the whole result before copying all but |shift| columns in
+    moved = torch.empty_like(grad, memory_format=_layout(grad))
     if shift > 0:
-        return F.pad(grad[..., shift:], (0, shift))
-    if shift < 0:
-        return F.pad(grad[..., :shift], (-shift, 0))
-    return grad
+        moved[..., -shift:].zero_()
+        moved[..., :-shift].copy_(grad[..., shift:])
+    else:
+        moved[..., :-shift].zero_()
+        moved[..., -shift:].copy_(grad[..., :shift])
+    return moved
 
 
 def _symmetric_same(x: torch.Tensor, kernel, stride, dilation) -> tuple[int, int] | None:
