@@ -93,6 +93,12 @@ def test_a_killed_worker_is_retried_and_no_trial_is_lost(tmp_path):
     assert ids == list(range(1, 9)) and counts.get("failed", 0) == 0
 
 
+def _interruptible() -> None:
+    """Ctrl-C's default action in the child, as in a terminal: a test run started in the
+    background of a shell (``pytest &``) ignores SIGINT, and its children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_and_resumes_with_the_local_pool(tmp_path):
     import subprocess
     import sys
@@ -102,7 +108,8 @@ def test_ctrl_c_stops_cleanly_and_resumes_with_the_local_pool(tmp_path):
     cmd = [sys.executable, "-m", "nasnet", "search", "--strategy", "random", "--evaluator", "toy",
            "--toy-delay", "0.5", "--budget", str(budget), "--workers", "2", "--executor", "ray",
            "--seed", "3", "--out", out]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)  # fmt: skip
     started = time.time()
     while time.time() < started + 90 and proc.poll() is None:
         if Store.exists(out) and len(finished_ids(out)[0]) >= 2:
