@@ -19,6 +19,7 @@ from nasnet.train import (
     TrainConfig,
     cosine_lr,
     evaluate_run,
+    make_sgd,
     resolve_genotype,
     train,
 )
@@ -169,6 +170,28 @@ def test_ema_changes_the_evaluated_weights(data):
     averaged = train(NASNET_A, tiny(ema_decay=0.9), dataset=data)
     assert averaged["loss_curve"] == plain["loss_curve"]  # training itself is unchanged
     assert averaged["val_loss"] != plain["val_loss"]
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_steps_like_torchs_multi_tensor_sgd(nesterov):
+    """Same updates as ``foreach`` SGD, including for a parameter whose first gradient comes
+    after the first step (the fused form's first step is special) and for one never used."""
+    torch.manual_seed(0)
+    start = [torch.randn(3, 4), torch.randn(5), torch.randn(2, 2)]
+    options = dict(lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=5e-4)
+    runs = []
+    for make in (make_sgd, lambda ps, **o: torch.optim.SGD(ps, foreach=True, **o)):
+        params = [p.clone().requires_grad_() for p in start]
+        optimizer = make(params, **options)
+        for step in range(4):
+            optimizer.zero_grad(set_to_none=True)
+            used = params[:2] if step else params[:1]  # params[1] joins at step 1; [2] never
+            sum((p * (step + 1.0)).square().sum() for p in used).backward()
+            optimizer.step()
+        runs.append([p.detach() for p in params])
+    for ours, reference in zip(*runs, strict=True):
+        torch.testing.assert_close(ours, reference)
+    assert torch.equal(runs[0][2], start[2])
 
 
 def test_out_dir_files_and_evaluate(tmp_path):
