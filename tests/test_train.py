@@ -194,6 +194,16 @@ def test_sgd_steps_like_torchs_multi_tensor_sgd(nesterov):
     assert torch.equal(runs[0][2], start[2])
 
 
+def test_sgd_is_fused_only_where_torch_has_a_sound_kernel():
+    def fused(*params, **options):
+        return bool(make_sgd(list(params), lr=0.1, momentum=0.9, **options).defaults["fused"])
+
+    weight = torch.zeros(4, requires_grad=True)
+    assert fused(weight) is (torch.__version__ >= "2.4")  # CPU's fused SGD came in torch 2.4
+    assert not fused(weight, torch.zeros(4, dtype=torch.bfloat16, requires_grad=True))
+    assert not fused(weight, dampening=0.5)
+
+
 def test_out_dir_files_and_evaluate(tmp_path):
     out = str(tmp_path / "run")
     result = train(None, tiny(epochs=2), out_dir=out)

@@ -241,15 +241,18 @@ def make_sgd(params: list[torch.Tensor], **options) -> torch.optim.SGD:
     The fused step treats its first call specially only when no parameter has a momentum
     buffer yet, and fails if a parameter first gets a gradient on a later step; so every
     buffer starts at zero here, which with ``dampening=0`` is the same first step
-    (``0 * momentum + grad``)."""
-    if not options.get("dampening", 0):
+    (``0 * momentum + grad``). Only float32 / float64 parameters take the fused form: torch
+    2.12-2.13's CPU kernel skips whole vectors of float16 / bfloat16 ones (pytorch#191763)."""
+    full_precision = all(p.dtype in (torch.float32, torch.float64) for p in params)
+    if full_precision and not options.get("dampening", 0):
         try:
             optimizer = torch.optim.SGD(params, fused=True, **options)
         except (RuntimeError, TypeError):  # no fused kernel for this device (or at all) here
             pass
         else:
-            for p in params if options.get("momentum", 0) else ():
-                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            if options.get("momentum", 0):
+                for p in params:
+                    optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
             return optimizer
     return torch.optim.SGD(params, foreach=True, **options)
 
