@@ -196,7 +196,7 @@ def test_sgd_steps_like_torchs_multi_tensor_sgd(nesterov):
 
 def test_sgd_is_fused_only_where_torch_has_a_sound_kernel():
     def fused(*params, **options):
-        return bool(make_sgd(list(params), lr=0.1, momentum=0.9, **options).defaults["fused"])
+        return bool(make_sgd(list(params), lr=0.1, momentum=0.9, **options).defaults.get("fused"))
 
     weight = torch.zeros(4, requires_grad=True)
     assert fused(weight) is (torch.__version__ >= "2.4")  # CPU's fused SGD came in torch 2.4
