@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, reduce
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,12 @@ from torch import nn
 #: straight into the output tensor (no block sum to copy into a concatenation);
 #: ``whole_map_linear``: a convolution whose kernel covers the whole map (the aux head's) runs
 #: as a linear layer (see :class:`WholeMapConv`).
+#:
+#: ``small_depthwise``, ``pointwise_matmul``, ``few_channel_batch_norm``,
+#: ``depthwise_column_grad`` and ``avg_pool_as_conv`` work around the costs of oneDNN's CPU
+#: kernels and take CPU tensors only: on a GPU each would turn one cuDNN call into several
+#: kernel launches (they double the ops of a ``nasnet_a_large`` training step), so the plain op
+#: runs there.
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
@@ -109,6 +115,35 @@ class _Subsample(torch.autograd.Function):
 def _layout(x: torch.Tensor) -> torch.memory_format:
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs convolutions and matrix products in on ``device_type``, or
+    ``None`` where autocast is off there."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        on = (
+            torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+        )
+    if not on:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        cpu = device_type == "cpu"
+        return torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+
+
+def autocast_operands(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` cast to autocast's dtype where autocast is on for their device, as it would
+    cast a convolution's operands; unchanged otherwise. A custom autograd Function given these
+    saves, and differentiates against, tensors of one dtype (its backward runs without
+    autocast); the casts' own gradients bring each gradient back to its tensor's dtype."""
+    dtype = _autocast_dtype(tensors[0].device.type)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def fast(name: str) -> bool:
@@ -308,7 +343,7 @@ class Conv2dSame(nn.Conv2d):
             return pointwise(x, self.weight, super().forward)
         if self._strided_1x1:  # SAME pads nothing here; see subsample() for why not stride 2
             return pointwise(subsample(x, self.stride), self.weight, self._unit_stride)
-        if self._depthwise and fast("small_depthwise"):
+        if self._depthwise and x.device.type == "cpu" and fast("small_depthwise"):
             height, width = _spatial(x)
             (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
             out_h, out_w = math.ceil(height / sh), math.ceil(width / sw)
@@ -320,7 +355,9 @@ class Conv2dSame(nn.Conv2d):
                 bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
                 return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
         if self._column_grad and _column_grad_pays(x) and fast("depthwise_column_grad"):
-            return _DepthwiseColumnGrad.apply(x, self.weight, (1, 1), self.padding)
+            return _DepthwiseColumnGrad.apply(
+                *autocast_operands(x, self.weight), (1, 1), self.padding
+            )
         if not self._static:
             if fast("native_padding"):
                 padding = _symmetric_same(x, self.kernel_size, self.stride, self.dilation)
@@ -329,7 +366,9 @@ class Conv2dSame(nn.Conv2d):
                     return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
             if self._strided_column_grad and _column_grad_pays(x) and fast("depthwise_column_grad"):
-                return _DepthwiseColumnGrad.apply(x, self.weight, self.stride, (0, 0))
+                return _DepthwiseColumnGrad.apply(
+                    *autocast_operands(x, self.weight), self.stride, (0, 0)
+                )
         return super().forward(x)
 
 
@@ -464,6 +503,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, conv: Callable) -> torch.Te
     n, c, height, width = x.shape
     if (
         n * height * width <= POINTWISE_MATMUL_PIXELS
+        and x.device.type == "cpu"
         and (x.stride(1) == 1 or x.is_contiguous(memory_format=torch.channels_last))
         and fast("pointwise_matmul")
     ):
@@ -534,6 +574,7 @@ def _dense_depthwise(
     with ``M`` gathered from the kernel (zero where pixels are not connected): the padding
     never enters, so the result equals the padded convolution (the products with padded
     zeros are exact zeros)."""
+    x, weight = autocast_operands(x, weight)
     n, c, height, width = x.shape
     taps = torch.cat([weight.reshape(c, -1), weight.new_zeros(c, 1)], 1)  # (C, taps + 1)
     index = index.to(x.device)
@@ -843,8 +884,9 @@ class _ConcatOfSums(torch.autograd.Function):
             start += k
         widths = [part[0].shape[1] for part in parts]
         n, _, height, width = tensors[0].shape
+        dtype = reduce(torch.promote_types, (t.dtype for t in tensors))  # as cat
         out = torch.empty(
-            (n, sum(widths), height, width), dtype=tensors[0].dtype, device=tensors[0].device,
+            (n, sum(widths), height, width), dtype=dtype, device=tensors[0].device,
             memory_format=_layout(tensors[0]),
         )  # fmt: skip
         offset = 0
