@@ -241,11 +241,17 @@ def profile(config: str, threads: int, args, sides: dict) -> None:
             for _ in range(args.profile_steps):
                 trainer.step()
             trainer.sync()
-        total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
-        print(f"\n{side}, {config}, channels_last, {threads} thread(s): "
-              f"{total / args.profile_steps:.0f} ms self CPU per step")  # fmt: skip
-        sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=args.profile_rows))
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) / 1e3 / args.profile_steps
+        top = [e for e in prof.events() if e.cpu_parent is None and e.device_type.name == "CPU"]
+        line = (
+            f"{total:.0f} ms self CPU, {len(top) / args.profile_steps:.0f} top-level ops per step"
+        )
+        if args.device == "cuda":  # small networks leave the GPU waiting on the CPU's dispatch
+            gpu = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3
+            line += f", {gpu / args.profile_steps:.1f} ms on the GPU"
+        print(f"\n{side}, {config}, channels_last, {threads} thread(s): {line}")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
 
 
 def main() -> None:
