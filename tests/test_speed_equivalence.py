@@ -433,6 +433,15 @@ def test_concat_of_sums_promotes_mixed_dtypes_as_cat_does():
     assert [g.dtype for g in grads] == [torch.bfloat16, torch.float32]
 
 
+def test_autocast_operands_cast_what_autocast_casts():
+    full, double = torch.ones(2), torch.ones(2, dtype=torch.float64)
+    same, kept = ops.autocast_operands(full, double)  # autocast off: the tensors themselves
+    assert same is full and kept is double
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, kept = ops.autocast_operands(full, double)
+    assert (low.dtype, kept.dtype) == (torch.bfloat16, torch.float64)
+
+
 def autocast_step(model, x, dtype):
     """Logits dtype and flat parameter gradient of one training step (autocast to ``dtype``,
     or float32 throughout for ``None``)."""

@@ -139,11 +139,12 @@ def autocast_operands(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``tensors`` cast to autocast's dtype where autocast is on for their device, as it would
     cast a convolution's operands; unchanged otherwise. A custom autograd Function given these
     saves, and differentiates against, tensors of one dtype (its backward runs without
-    autocast); the casts' own gradients bring each gradient back to its tensor's dtype."""
+    autocast); the casts' own gradients bring each gradient back to its tensor's dtype.
+    float64 tensors stay float64, as under autocast."""
     dtype = _autocast_dtype(tensors[0].device.type)
     if dtype is None:
         return tensors
-    return tuple(t.to(dtype) for t in tensors)
+    return tuple(t if t.dtype == torch.float64 else t.to(dtype) for t in tensors)
 
 
 def fast(name: str) -> bool:
