@@ -495,3 +495,6 @@ def test_cpu_fast_paths_leave_other_devices_to_the_plain_op(monkeypatch, size):
         with fast_paths(True):
             assert depthwise(x).shape == (2, 8, size, size)
             assert pointwise(x).shape == (2, 16, size, size)
+            assert not any(ops.fast(name, x) for name in ops.CPU_FAST_PATHS)
+    with fast_paths(True):
+        assert all(ops.fast(name, torch.empty(1)) for name in ops.CPU_FAST_PATHS)

@@ -54,11 +54,7 @@ from torch import nn
 #: ``whole_map_linear``: a convolution whose kernel covers the whole map (the aux head's) runs
 #: as a linear layer (see :class:`WholeMapConv`).
 #:
-#: ``small_depthwise``, ``pointwise_matmul``, ``few_channel_batch_norm``,
-#: ``depthwise_column_grad`` and ``avg_pool_as_conv`` work around the costs of oneDNN's CPU
-#: kernels and take CPU tensors only: on a GPU each would turn one cuDNN call into several
-#: kernel launches (they double the ops of a ``nasnet_a_large`` training step), so the plain op
-#: runs there.
+#: The paths of :data:`CPU_FAST_PATHS` work around the costs of oneDNN's CPU kernels.
 FAST_PATHS: dict[str, bool] = {
     "pool_ceil_mode": True,
     "small_depthwise": True,
@@ -112,6 +108,19 @@ class _Subsample(torch.autograd.Function):
         return grad_x, None, None, None
 
 
+#: Fast paths for CPU tensors only: on a GPU each would turn one cuDNN call into several kernel
+#: launches (they double the ops of a ``nasnet_a_large`` training step), so the plain op runs.
+CPU_FAST_PATHS = frozenset(
+    {
+        "small_depthwise",
+        "pointwise_matmul",
+        "few_channel_batch_norm",
+        "depthwise_column_grad",
+        "avg_pool_as_conv",
+    }
+)
+
+
 def _layout(x: torch.Tensor) -> torch.memory_format:
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     return torch.channels_last if channels_last else torch.contiguous_format
@@ -147,9 +156,13 @@ def autocast_operands(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t if t.dtype == torch.float64 else t.to(dtype) for t in tensors)
 
 
-def fast(name: str) -> bool:
-    """Whether the fast path ``name`` is on (fast paths are off while tracing for export)."""
-    return FAST_PATHS[name] and not torch.jit.is_tracing()
+def fast(name: str, x: torch.Tensor | None = None) -> bool:
+    """Whether the fast path ``name`` is on for the input ``x`` (needed for the paths of
+    :data:`CPU_FAST_PATHS`, which are off for tensors on other devices). Fast paths are off
+    while tracing for export."""
+    if not FAST_PATHS[name] or torch.jit.is_tracing():
+        return False
+    return name not in CPU_FAST_PATHS or x.device.type == "cpu"
 
 
 @dataclass(frozen=True)
@@ -204,14 +217,13 @@ class BatchNorm2d(nn.BatchNorm2d):
             self.training
             and self.track_running_stats
             and self.affine
-            and x.device.type == "cpu"  # measured on CPU kernels only
             and x.dim() == 4
             and x.shape[1] < FEW_CHANNELS
             and x.shape[1] % _float_vector_width() != 0  # ATen fills whole vectors: as fast
             and x.numel() >= FEW_CHANNEL_MIN_ELEMENTS
             and x.dtype in (torch.float32, torch.float64)
             and x.is_contiguous(memory_format=torch.channels_last)
-            and fast("few_channel_batch_norm")
+            and fast("few_channel_batch_norm", x)
         ):
             return None
         pixels = x.numel() // max(x.shape[1], 1)
@@ -344,7 +356,7 @@ class Conv2dSame(nn.Conv2d):
             return pointwise(x, self.weight, super().forward)
         if self._strided_1x1:  # SAME pads nothing here; see subsample() for why not stride 2
             return pointwise(subsample(x, self.stride), self.weight, self._unit_stride)
-        if self._depthwise and x.device.type == "cpu" and fast("small_depthwise"):
+        if self._depthwise and fast("small_depthwise", x):
             height, width = _spatial(x)
             (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
             out_h, out_w = math.ceil(height / sh), math.ceil(width / sw)
@@ -355,7 +367,7 @@ class Conv2dSame(nn.Conv2d):
                 index = _depthwise_index(height, width, kh, kw, sh, sw, dh, dw)
                 bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
                 return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
-        if self._column_grad and _column_grad_pays(x) and fast("depthwise_column_grad"):
+        if self._column_grad and _column_grad_pays(x) and fast("depthwise_column_grad", x):
             return _DepthwiseColumnGrad.apply(
                 *autocast_operands(x, self.weight), (1, 1), self.padding
             )
@@ -366,7 +378,11 @@ class Conv2dSame(nn.Conv2d):
                     s, d, g = self.stride, self.dilation, self.groups
                     return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-            if self._strided_column_grad and _column_grad_pays(x) and fast("depthwise_column_grad"):
+            if (
+                self._strided_column_grad
+                and _column_grad_pays(x)
+                and fast("depthwise_column_grad", x)
+            ):
                 return _DepthwiseColumnGrad.apply(
                     *autocast_operands(x, self.weight), self.stride, (0, 0)
                 )
@@ -380,7 +396,7 @@ COLUMN_GRAD_MIN_ELEMENTS = 2**17
 
 
 def _column_grad_pays(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.shape[-1] >= 8 and x.numel() >= COLUMN_GRAD_MIN_ELEMENTS
+    return x.shape[-1] >= 8 and x.numel() >= COLUMN_GRAD_MIN_ELEMENTS
 
 
 class _DepthwiseColumnGrad(torch.autograd.Function):
@@ -504,9 +520,8 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, conv: Callable) -> torch.Te
     n, c, height, width = x.shape
     if (
         n * height * width <= POINTWISE_MATMUL_PIXELS
-        and x.device.type == "cpu"
         and (x.stride(1) == 1 or x.is_contiguous(memory_format=torch.channels_last))
-        and fast("pointwise_matmul")
+        and fast("pointwise_matmul", x)
     ):
         out = F.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], c))
         return out.permute(0, 3, 1, 2)  # channels_last strides
@@ -655,7 +670,7 @@ class AvgPool2dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel, self.stride
-        if s == 1 and k % 2 == 1 and _window_sum_pays(x) and fast("avg_pool_as_conv"):
+        if s == 1 and k % 2 == 1 and _window_sum_pays(x) and fast("avg_pool_as_conv", x):
             return window_mean(x, k)
         height, width = _spatial(x)
         top, bottom = same_padding(height, k, s)
@@ -687,8 +702,7 @@ WINDOW_SUM_SHAPE = (16, 64)
 def _window_sum_pays(x: torch.Tensor) -> bool:
     min_width, max_channels = WINDOW_SUM_SHAPE
     return (
-        x.device.type == "cpu"
-        and x.dim() == 4
+        x.dim() == 4
         and x.shape[-1] >= min_width
         and x.shape[1] < max_channels
         and x.is_contiguous(memory_format=torch.channels_last)
