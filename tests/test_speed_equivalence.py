@@ -218,6 +218,33 @@ def test_strided_view_gradients_keep_channels_last(offset):
     assert not gradient_layout(False)  # what the fast path exists to avoid
 
 
+@pytest.mark.parametrize("shape", [(3, 10, 4, 5), (2, 7, 1, 1)])
+def test_spatial_mean_of_channels_last_maps_returns_a_channels_last_gradient(shape):
+    # The global pool's NCHW gradient met the final ReLU in a mixed-layout backward (5x slower).
+    def mean_and_gradient(on: bool, layout) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        leaf = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        x = (leaf * 2.0).contiguous(memory_format=layout)
+        reaching = []  # the gradient the op before the pool receives, as it arrives
+        x.register_hook(reaching.append)
+        with fast_paths(on, "channels_last_mean"):
+            y = ops.spatial_mean(x)
+        y.backward(torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape))
+        return y, reaching[0]
+
+    y, grad = mean_and_gradient(True, torch.channels_last)
+    plain_y, plain_grad = mean_and_gradient(False, torch.channels_last)
+    assert y.shape == plain_y.shape == shape[:2]
+    assert_close(y, plain_y, "mean")
+    assert_close(grad, plain_grad, "gradient")
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    if shape[2] * shape[3] > 1:
+        assert not plain_grad.is_contiguous(memory_format=torch.channels_last)
+    nchw_y, nchw_grad = mean_and_gradient(True, torch.contiguous_format)  # NCHW: plain mean
+    assert_close(nchw_y, plain_y, "NCHW mean")
+    assert_close(nchw_grad, plain_grad, "NCHW gradient")
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("shape", [(4, 12, 6, 6), (3, 7, 5, 7), (2, 3, 1, 2), (5, 15, 3, 3)])
 def test_few_channel_batch_norm_equals_batch_norm(shape, momentum):

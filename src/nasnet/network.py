@@ -28,6 +28,7 @@ from nasnet.ops import (
     after_relu,
     concat_of_sums,
     fast,
+    spatial_mean,
     starts_with_relu,
 )
 from nasnet.space import NUM_CELL_INPUTS, Cell, Genotype, validate_genotype
@@ -417,7 +418,7 @@ class NASNet(nn.Module):
         ]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(spatial_mean(x))
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

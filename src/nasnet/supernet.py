@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasnet import ops as _ops
-from nasnet.ops import BNConfig, FactorizedReduction
+from nasnet.ops import BNConfig, FactorizedReduction, spatial_mean
 from nasnet.space import NUM_CELL_INPUTS, Cell, Genotype, SearchSpace
 
 #: A tensor's layout: the (producer state, width) pieces it concatenates, in order.
@@ -406,7 +406,7 @@ class SuperNet(nn.Module):
 
     def forward(self, x: torch.Tensor, genotype: Genotype) -> torch.Tensor:
         features, layout = self.forward_features(x, genotype)
-        return self.classifier(features.mean((2, 3)), layout)
+        return self.classifier(spatial_mean(features), layout)
 
     def path_parameters(self, genotype: Genotype) -> int:
         """Parameters of the sub-network (as ``count_params`` of the standalone model)."""
