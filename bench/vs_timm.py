@@ -24,6 +24,7 @@ affects all of them alike.
     python bench/vs_timm.py --profile                # top ops by self CPU time, ours vs timm
     python bench/vs_timm.py --device cuda --amp      # the same comparison on a GPU (bf16)
     python bench/vs_timm.py --before DIR             # also time the package copy in DIR/nasnet
+    python bench/vs_timm.py --compile --config cifar --threads 1   # + torch.compile, both sides
 
 timm 1.0.31 comes from the oracle tests' cache (``.pytest_cache/oracles``, installed with
 ``--no-deps`` by ``tests/oracles.py``; run ``python -m pytest tests/test_pretrained.py`` once),
@@ -179,19 +180,27 @@ def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
     variants: dict[str, Trainer] = {}
     params = {}
     for side, (nasnet, timm_nasnet) in sides.items():
-        for layout in ("channels_last", "NCHW"):
+        layouts = [("channels_last", True, False), ("NCHW", False, False)]
+        if args.compile:
+            layouts.append(("compiled", True, True))
+        for layout, cl, compiled in layouts:
             torch.manual_seed(0)
             model, size, batch = build(config, "timm" if side == "timm" else "ours",
                                        nasnet, timm_nasnet)  # fmt: skip
             batch = args.batch or batch
             params[side] = sum(p.numel() for p in model.parameters())
-            cl = layout == "channels_last"
-            variants[f"{side}, {layout}"] = Trainer(model, size, batch, cl, args.device, args.amp)
+            trainer = Trainer(model, size, batch, cl, args.device, args.amp)
+            if compiled:  # channels_last, as the eager variant it is compared with
+                trainer.model = torch.compile(trainer.model)
+            variants[f"{side}, {layout}"] = trainer
     if args.skip_nchw:
         variants = {k: v for k, v in variants.items() if not k.endswith("NCHW")}
-    for trainer in variants.values():  # build oneDNN primitives / cuDNN plans before timing
+    for name, trainer in variants.items():  # build oneDNN primitives / cuDNN plans, compile
+        start = time.perf_counter()
         for _ in range(args.warmup):
             trainer.step()
+        if name.endswith("compiled"):
+            print(f"  {name}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, trainer in variants.items():
@@ -218,6 +227,9 @@ def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
     ratio("ours, channels_last", "before, channels_last")
     ratio("ours, NCHW", "before, NCHW")
     ratio("before, channels_last", "timm, channels_last")
+    ratio("ours, compiled", "ours, channels_last")
+    ratio("timm, compiled", "timm, channels_last")
+    ratio("ours, compiled", "timm, compiled")
     return result
 
 
@@ -291,6 +303,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on both sides")
     p.add_argument("--before", default=None, help="folder holding an older nasnet/ to time too")
+    p.add_argument("--compile", action="store_true",
+                   help="also time compiled channels_last variants (takes minutes)")  # fmt: skip
     p.add_argument("--profile", action="store_true", help="profile instead of timing")
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--profile-rows", type=int, default=12)

@@ -135,6 +135,29 @@ def test_scheduled_drop_path():
     assert max(drop_rates(model, x)) == 0.0
 
 
+def test_compiled_drop_path_follows_the_schedule_without_recompiling():
+    graphs = []
+
+    def backend(gm, example_inputs):  # counts dynamo's graphs, runs them uncompiled
+        graphs.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    drop = DropPath().train()
+    # DropPath inside a larger graph, as in a network: dynamo skips a frame with no ops at all
+    compiled = torch.compile(lambda x: drop(x * 1.0), backend=backend)
+    x = torch.ones(20000, 1, 1, 1)
+    assert torch.equal(compiled(x), x)  # keep 1: DropPath is off
+    for keep in (0.9, 0.75, 0.6):
+        drop.keep_prob = keep
+        y = compiled(x).flatten()
+        kept = y[y != 0]
+        assert torch.allclose(kept, torch.full_like(kept, 1 / keep))  # survivors scaled up
+        assert (y == 0).float().mean().item() == pytest.approx(1 - keep, abs=0.015)
+    assert len(graphs) == 2  # off, on: the per-step probability is a tensor, not a constant
+
+
 def test_identity_paths_are_never_dropped():
     model = build_network(NASNET_A, cells=1, filters=4, drop_path_keep_prob=0.5)
     kinds = [type(m).__name__ for m in model.cells[-1].drop_paths]

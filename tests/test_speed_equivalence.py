@@ -525,3 +525,23 @@ def test_cpu_fast_paths_leave_other_devices_to_the_plain_op(monkeypatch, size):
             assert not any(ops.fast(name, x) for name in ops.CPU_FAST_PATHS)
     with fast_paths(True):
         assert all(ops.fast(name, torch.empty(1)) for name in ops.CPU_FAST_PATHS)
+
+
+def test_torch_compile_traces_one_graph_of_the_plain_path():
+    # Fast paths break dynamo's graph (custom Functions, ``out=`` views, CPU-capability
+    # strings) and made inductor fail on the resulting fragments; compiled code takes the plain
+    # path, which the compiler fuses itself.
+    torch.manual_seed(0)
+    model = nasnet.build_network(
+        NASNET_A, cells=1, filters=8, num_classes=10, image_size=16, drop_path_keep_prob=0.6
+    ).to(memory_format=torch.channels_last)
+    model.set_drop_path_progress(0.5)  # keep probability below 1: DropPath runs
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    for train in (True, False):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model.train(train))(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        assert explained.graph_count == 1
+    compiled = torch.compile(model.eval(), backend="aot_eager")
+    with torch.no_grad():
+        assert_close(compiled(x), model(x), "compiled eval logits")

@@ -158,11 +158,22 @@ def autocast_operands(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t if t.dtype == torch.float64 else t.to(dtype) for t in tensors)
 
 
+def _compiling() -> bool:
+    """Whether ``torch.compile`` is tracing (``torch.compiler`` has no such test before 2.3)."""
+    if _IS_COMPILING is not None:
+        return _IS_COMPILING()
+    return torch._dynamo.is_compiling()
+
+
+_IS_COMPILING = getattr(torch.compiler, "is_compiling", None)
+
+
 def fast(name: str, x: torch.Tensor | None = None) -> bool:
     """Whether the fast path ``name`` is on for the input ``x`` (needed for the paths of
     :data:`CPU_FAST_PATHS`, which are off for tensors on other devices). Fast paths are off
-    while tracing for export."""
-    if not FAST_PATHS[name] or torch.jit.is_tracing():
+    while tracing for export and while ``torch.compile`` traces: its compiler fuses the plain
+    path itself, and some fast paths (``out=`` views, custom Functions) break its graph."""
+    if not FAST_PATHS[name] or torch.jit.is_tracing() or _compiling():
         return False
     return name not in CPU_FAST_PATHS or x.device.type == "cpu"
 
@@ -216,7 +227,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     def _wide_rows(self, x: torch.Tensor) -> int | None:
         """How many pixels the wide view puts in one row, or ``None`` for ATen's kernel."""
         if not (
-            self.training
+            fast("few_channel_batch_norm", x)
+            and self.training
             and self.track_running_stats
             and self.affine
             and x.dim() == 4
@@ -225,7 +237,6 @@ class BatchNorm2d(nn.BatchNorm2d):
             and x.numel() >= FEW_CHANNEL_MIN_ELEMENTS
             and x.dtype in (torch.float32, torch.float64)
             and x.is_contiguous(memory_format=torch.channels_last)
-            and fast("few_channel_batch_norm", x)
         ):
             return None
         pixels = x.numel() // max(x.shape[1], 1)
@@ -943,21 +954,39 @@ class _ConcatOfSums(torch.autograd.Function):
 class DropPath(nn.Module):
     """Per-example DropPath whose keep probability is set from outside (ScheduledDropPath).
 
-    The network sets :attr:`keep_prob` each step; surviving examples are divided by it.
+    The network sets :attr:`keep_prob` each step; surviving examples are divided by it. Under
+    ``torch.compile`` the probability is read from a tensor (a non-persistent buffer), so that
+    its change at every step does not recompile the graph: only switching DropPath on or off
+    does.
     """
 
     def __init__(self):
         super().__init__()
+        self.register_buffer("_keep", torch.ones(()), persistent=False)
         self.keep_prob = 1.0
 
+    @property
+    def keep_prob(self) -> float:
+        return self._keep_prob
+
+    @keep_prob.setter
+    def keep_prob(self, value: float) -> None:
+        self._keep_prob = float(value)
+        self._active = self._keep_prob < 1.0
+        self._keep.fill_(self._keep_prob)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.keep_prob >= 1.0:
+        if not self.training or not self._active:
             return x
-        mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device)
-        mask.bernoulli_(self.keep_prob)
+        shape = (x.shape[0], 1, 1, 1)
+        if _compiling():
+            keep = self._keep.to(x.dtype)
+            return x * ((torch.rand(shape, device=x.device) < keep).to(x.dtype) / keep)
+        mask = torch.empty(shape, dtype=x.dtype, device=x.device)
+        mask.bernoulli_(self._keep_prob)
         if fast("fused_drop_path"):  # one pass over x forward and backward, not two
-            return x * mask.div_(self.keep_prob)
-        return x * mask / self.keep_prob
+            return x * mask.div_(self._keep_prob)
+        return x * mask / self._keep_prob
 
 
 def starts_with_relu(module: nn.Module) -> bool:
