@@ -158,14 +158,14 @@ def autocast_operands(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t if t.dtype == torch.float64 else t.to(dtype) for t in tensors)
 
 
-def _compiling() -> bool:
-    """Whether ``torch.compile`` is tracing (``torch.compiler`` has no such test before 2.3)."""
-    if _IS_COMPILING is not None:
-        return _IS_COMPILING()
+def _dynamo_compiling() -> bool:
+    import torch._dynamo  # torch < 2.3: ``torch.compiler`` has no such test
+
     return torch._dynamo.is_compiling()
 
 
-_IS_COMPILING = getattr(torch.compiler, "is_compiling", None)
+#: Whether ``torch.compile`` is tracing.
+_compiling = getattr(torch.compiler, "is_compiling", _dynamo_compiling)
 
 
 def fast(name: str, x: torch.Tensor | None = None) -> bool:
@@ -972,16 +972,17 @@ class DropPath(nn.Module):
     @keep_prob.setter
     def keep_prob(self, value: float) -> None:
         self._keep_prob = float(value)
-        self._active = self._keep_prob < 1.0
+        self._active = self._keep_prob < 1.0  # compiled graphs guard on this bool, not the float
         self._keep.fill_(self._keep_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self._active:
             return x
         shape = (x.shape[0], 1, 1, 1)
-        if _compiling():
-            keep = self._keep.to(x.dtype)
-            return x * ((torch.rand(shape, device=x.device) < keep).to(x.dtype) / keep)
+        if _compiling():  # drawn at the buffer's precision, as bernoulli_ draws at the float's
+            keep = self._keep
+            mask = (torch.rand(shape, dtype=keep.dtype, device=x.device) < keep) / keep
+            return x * mask.to(x.dtype)
         mask = torch.empty(shape, dtype=x.dtype, device=x.device)
         mask.bernoulli_(self._keep_prob)
         if fast("fused_drop_path"):  # one pass over x forward and backward, not two
