@@ -11,8 +11,11 @@ backward, SGD with momentum), on random inputs:
   batch 64, against the nearest network timm's classes can express (timm hard-wires 6 normal
   cells per stage and the ImageNet stem in ``NASNetALarge``, so its cell classes are stacked
   here the way our builder stacks ours: a 3x3 stem conv + BN, normal cells, ``ReductionCell0``,
-  ``FirstCell`` after each reduction). The only difference left: timm's first cell projects
-  its second input with a 1x1 conv where ours (TF-slim) reads the stem output unprojected.
+  ``FirstCell`` after each reduction). The first cell is assembled from timm's own parts
+  (``BranchSeparables``, ``ActConvBn``, its pools and convs) the way TF-slim builds it, as ours
+  does: it reads the stem output unprojected as its second input (``NormalCell`` would project
+  it first), so both sides compute the same network (219,118 parameters and the same FLOPs
+  each; the script checks both).
 
 For each configuration and thread count it prints images/s of four variants - ours
 channels_last, ours NCHW, timm channels_last, timm NCHW - and the ratios, each the median of
@@ -34,6 +37,7 @@ or from an installed ``timm`` when that cache is absent.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import os
 import statistics
@@ -81,6 +85,48 @@ def load_nasnet(before: str | None):
 # --------------------------------------------------------------------------- the networks
 
 
+class TfSlimFirstCell(nn.Module):
+    """NASNet-A's normal cell as TF-slim builds the first cell after the CIFAR stem, from
+    timm's parts: the stem output ``x_prev`` (``c_stem`` channels) is read unprojected, so the
+    separable convolutions of it narrow to ``filters`` in their first layer (timm's
+    ``stem_cell=True`` form), and its identity, pools and place in the output are fitted to
+    ``filters`` by 1x1 convolutions (with a ReLU before the identity's only)."""
+
+    def __init__(self, timm_nasnet, c_stem: int, filters: int):
+        super().__init__()
+        tn, f = timm_nasnet, filters
+
+        def pool_fitted() -> nn.Sequential:
+            pool = tn.create_pool2d("avg", 3, 1, count_include_pad=False, padding="")
+            return nn.Sequential(pool, *conv_bn(c_stem))
+
+        def conv_bn(c_in: int) -> list[nn.Module]:
+            return [tn.create_conv2d(c_in, f, 1), nn.BatchNorm2d(f, eps=0.001, momentum=0.1)]
+
+        self.conv_1x1 = tn.ActConvBn(c_stem, f, 1)
+        self.comb_iter_0_left = tn.BranchSeparables(f, f, 5, 1, "")
+        self.comb_iter_0_right = tn.BranchSeparables(c_stem, f, 3, 1, "", stem_cell=True)
+        self.comb_iter_1_left = tn.BranchSeparables(c_stem, f, 5, 1, "", stem_cell=True)
+        self.comb_iter_1_right = tn.BranchSeparables(c_stem, f, 3, 1, "", stem_cell=True)
+        self.comb_iter_2_left = tn.create_pool2d("avg", 3, 1, count_include_pad=False, padding="")
+        self.comb_iter_2_right = tn.ActConvBn(c_stem, f, 1)
+        self.comb_iter_3_left = pool_fitted()
+        self.comb_iter_3_right = pool_fitted()
+        self.comb_iter_4_left = tn.BranchSeparables(f, f, 3, 1, "")
+        self.prev_fitted = nn.Sequential(*conv_bn(c_stem))
+
+    def forward(self, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+        x_right = self.conv_1x1(x)
+        combs = [
+            self.comb_iter_0_left(x_right) + self.comb_iter_0_right(x_prev),
+            self.comb_iter_1_left(x_prev) + self.comb_iter_1_right(x_prev),
+            self.comb_iter_2_left(x_right) + self.comb_iter_2_right(x_prev),
+            self.comb_iter_3_left(x_prev) + self.comb_iter_3_right(x_prev),
+            self.comb_iter_4_left(x_right) + x_right,
+        ]
+        return torch.cat([self.prev_fitted(x_prev), *combs], 1)
+
+
 class TimmCifarChild(nn.Module):
     """timm's NASNet-A cells stacked as our CIFAR-stem builder stacks NASNet-A (N normal cells
     per stage, two reductions, F filters doubling at each): the closest timm can express."""
@@ -99,7 +145,9 @@ class TimmCifarChild(nn.Module):
                 scale *= 2
                 prev_prev, prev = prev, 4 * scale * f
             for k in range(cells):
-                if stage and k == 0:  # x_prev is twice as large: factorized reduction
+                if not stage and k == 0:  # x_prev is the stem output, read unprojected
+                    cell = TfSlimFirstCell(tn, c_stem, f)
+                elif stage and k == 0:  # x_prev is twice as large: factorized reduction
                     cell = tn.FirstCell(prev_prev, scale * f // 2, prev, scale * f)
                 else:
                     cell = tn.NormalCell(prev_prev, scale * f, prev, scale * f)
@@ -171,6 +219,18 @@ class Trainer:
         return steps * self.batch / (time.perf_counter() - start)
 
 
+def forward_flops(model: nn.Module, size: int) -> int:
+    """FLOPs of one image's forward pass (convolutions and matmuls) in eval mode, counted on
+    the meta device: there our CPU-only fast paths, which reshape some products (dense
+    depthwise), are off, so both sides count their convolutions as convolutions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta(torch.zeros(1, 3, size, size, device="meta"))
+    return counter.get_total_flops()
+
+
 def median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
@@ -178,7 +238,7 @@ def median_ratio(a: list[float], b: list[float]) -> float:
 def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
     torch.set_num_threads(threads)
     variants: dict[str, Trainer] = {}
-    params = {}
+    params, flops = {}, {}
     for side, (nasnet, timm_nasnet) in sides.items():
         layouts = [("channels_last", True, False), ("NCHW", False, False)]
         if args.compile:
@@ -188,7 +248,9 @@ def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
             model, size, batch = build(config, "timm" if side == "timm" else "ours",
                                        nasnet, timm_nasnet)  # fmt: skip
             batch = args.batch or batch
-            params[side] = sum(p.numel() for p in model.parameters())
+            if side not in params:
+                params[side] = sum(p.numel() for p in model.parameters())
+                flops[side] = forward_flops(model, size)
             trainer = Trainer(model, size, batch, cl, args.device, args.amp)
             if compiled:  # channels_last, as the eager variant it is compared with
                 trainer.model = torch.compile(trainer.model)
@@ -207,7 +269,9 @@ def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
             rates[name].append(trainer.rate(args.seconds, args.min_steps))
     print(f"\n{config}, {threads} thread(s), batch {batch}, {args.device}"
           f"{' bf16 autocast' if args.amp else ''}; params "
-          + ", ".join(f"{s} {n:,}" for s, n in params.items()))  # fmt: skip
+          + ", ".join(f"{s} {n:,}" for s, n in params.items())
+          + "; forward MFLOPs per image "
+          + ", ".join(f"{s} {n / 1e6:.1f}" for s, n in flops.items()))  # fmt: skip
     for name, values in rates.items():
         print(f"  {name:28s} {statistics.median(values):8.1f} img/s   rounds: "
               + ", ".join(f"{v:.1f}" for v in values))  # fmt: skip

@@ -23,5 +23,5 @@ def bench_module(name: str) -> Iterator[ModuleType]:
         yield importlib.import_module(name)
     finally:
         sys.path.remove(BENCH)
-        for module in ("search_quality", "weight_sharing"):
+        for module in ("search_quality", "weight_sharing", "vs_timm"):
             sys.modules.pop(module, None)
