@@ -251,3 +251,39 @@ def test_out_dir_of_another_run_is_left_alone(tmp_path):
     other = train(None, tiny(epochs=1, filters=6), out_dir=out)
     assert other["status"] == "failed" and "filters" in other["reason"]
     assert _read(out, "result.json") == before
+
+
+def test_rerunning_without_the_test_split_is_refused_and_keeps_the_test_accuracy(tmp_path):
+    out = str(tmp_path / "run")
+    assert train(None, tiny(epochs=1), out_dir=out)["test_accuracy"] is not None
+    before = _read(out, "result.json"), _read(out, "config.json")
+    again = train(None, tiny(epochs=1, eval_test=False), out_dir=out)
+    assert again["status"] == "failed" and "eval_test" in again["reason"]
+    assert (_read(out, "result.json"), _read(out, "config.json")) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_checkpoint_fails_the_rerun_and_leaves_the_result_alone(tmp_path, damage):
+    out = str(tmp_path / "run")
+    train(None, tiny(epochs=1), out_dir=out)
+    before = _read(out, "result.json")
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    if damage == "truncated":
+        with open(checkpoint, "rb") as fh:
+            head = fh.read(50)
+        with open(checkpoint, "wb") as fh:
+            fh.write(head)
+    else:  # a readable torch file that is not this run's checkpoint
+        torch.save({"model": {}, "epoch": 1}, checkpoint)
+    again = train(None, tiny(epochs=1), out_dir=out)
+    assert again["status"] == "failed" and "checkpoint.pt" in again["reason"]
+    assert _read(out, "result.json") == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_for_a_missing_gpu_writes_nothing_so_the_cpu_can_take_the_directory(tmp_path):
+    out = str(tmp_path / "run")
+    failed = train(None, tiny(epochs=1, device="cuda"), out_dir=out)
+    assert failed["status"] == "failed" and "no CUDA device" in failed["reason"]
+    assert not os.path.exists(out) or os.listdir(out) == []
+    assert train(None, tiny(epochs=1, device="cpu"), out_dir=out)["status"] == "done"

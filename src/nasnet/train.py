@@ -44,8 +44,9 @@ ProgressFn = Callable[[dict], None]
 #: ``stop(epoch, val_accuracy) -> bool``: end training after this epoch (early stopping).
 StopRule = Callable[[int, float], bool]
 
-#: Config fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = frozenset({"threads", "eval_test", "eval_batch_size"})
+#: Config fields that may change between a run and its resumption. ``eval_test`` may not:
+#: rerunning a finished run without it would drop the test accuracy from ``result.json``.
+RESUMABLE_CHANGES = frozenset({"threads", "eval_batch_size"})
 
 #: Metrics that depend on the wall clock (everything else is a function of the seed).
 TIMING_KEYS = frozenset({"seconds", "images_per_sec"})
@@ -67,6 +68,10 @@ class NonFiniteLoss(RuntimeError):
 
 class RunMismatch(ValueError):
     """``out_dir`` already holds a run with a different configuration."""
+
+
+class CheckpointError(ValueError):
+    """``out_dir``'s checkpoint cannot be resumed (damaged, foreign or of another network)."""
 
 
 @dataclass
@@ -478,7 +483,7 @@ def train(
         try:
             run = _prepare(genotype, config, out_dir, progress, dataset)
             result = run.execute(stop)
-        except RunMismatch as err:  # another run's directory: leave its files alone
+        except (RunMismatch, CheckpointError, OptionError) as err:  # leave out_dir's files alone
             return _failed_result(None, str(err), started)
         except Exception as err:
             reason = str(err) or type(err).__name__
@@ -496,6 +501,7 @@ def _prepare(
     dataset: Dataset | None,
 ) -> ChildTrainer:
     config.check()
+    resolve_device(config.device)  # before config.json: a run for a missing GPU is not started
     genotype = resolve_genotype(config.genotype if genotype is None else genotype)
     config = dataclasses.replace(config, genotype=genotype.to_dict())
     if config.threads:
@@ -508,10 +514,18 @@ def _prepare(
     run = ChildTrainer(genotype, config, data, out_dir, progress)
     checkpoint = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
     if checkpoint and os.path.exists(checkpoint):
-        from nasnet.pretrained import read_torch_file
+        from nasnet.pretrained import WeightFileError, read_torch_file
 
         fix = "delete it to train from scratch, or use a new output directory"
-        run.load(read_torch_file(checkpoint, "a nasnet training checkpoint", fix))
+        try:
+            run.load(read_torch_file(checkpoint, "a nasnet training checkpoint", fix))
+        except WeightFileError as err:
+            raise CheckpointError(str(err)) from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            detail = f"missing {err}" if isinstance(err, KeyError) else type(err).__name__
+            raise CheckpointError(
+                f"{checkpoint}: does not fit this run ({detail}); {fix}"
+            ) from None
     return run
 
 

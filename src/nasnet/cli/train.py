@@ -20,6 +20,7 @@ from nasnet.train import (
     TrainConfig,
     check_out_dir,
     evaluate_run,
+    resolve_device,
     resolve_genotype,
     train,
 )
@@ -139,6 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         genotype = resolve_genotype(config.genotype)
         check_out_dir(args.out, config)
+        resolve_device(config.device)
         data = load_dataset(config.dataset, config.image_size)
     except (GenotypeError, OptionError):
         raise
