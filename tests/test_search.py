@@ -523,3 +523,30 @@ def test_new_train_searches_stop_hopeless_children_by_default() -> None:
     older = {**resolve_config(None, {}).to_dict(), "evaluator_options": {}}
     assert resolve_config(older, {"budget": 50}).build_evaluator().options.stop_quantile is None
     assert resolve_config(None, {"evaluator": "toy"}).evaluator_options == {}
+
+
+def test_a_search_starts_no_more_workers_than_children_left(tmp_path, monkeypatch) -> None:
+    import nasnet.search as search_module
+
+    slots: list[int] = []
+    real = search_module.make_executor
+
+    def counting(name, workers, fn, options):
+        slots.append(workers)
+        return real(name, workers, fn, options)
+
+    monkeypatch.setattr(search_module, "make_executor", counting)
+    directory = str(tmp_path / "exp")
+    run_search(directory, toy_config(budget=2, workers=6))
+    run_search(directory, toy_config(budget=5, workers=6))  # resumed: 3 children left
+    assert slots == [2, 3]
+
+
+def test_more_local_workers_than_the_machine_can_hold_are_refused(monkeypatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    config = SearchConfig(evaluator="toy", executor="local", workers=9)
+    expected = r"^workers: 9 worker processes on 2 core\(s\).*at most 8"
+    with pytest.raises(OptionError, match=expected):
+        config.check()
+    SearchConfig(evaluator="toy", executor="local", workers=8).check()
+    SearchConfig(evaluator="toy", executor="inprocess", workers=9).check()

@@ -253,7 +253,8 @@ class Search:
     def _make_executor(self) -> Executor:
         config = self.config
         try:
-            return make_executor(config.executor, config.workers, self.fn, config.executor_options)
+            slots = min(config.workers, config.budget - self.stats.finished)  # no idle workers
+            return make_executor(config.executor, slots, self.fn, config.executor_options)
         except OptionError:
             raise
         except (ImportError, RuntimeError, ValueError) as err:

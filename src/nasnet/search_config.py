@@ -114,6 +114,9 @@ class SearchConfig:
         self.build_strategy_options()
         evaluator = self.build_evaluator()
         executor_class = self.build_executor_class()
+        problem = executor_class.workers_problem(self.workers)
+        if problem:
+            raise OptionError("workers", problem)
         # --- stateful evaluators (weight sharing): the state lives in the driver process
         if getattr(evaluator, "stateful", False) and executor_class.isolates_children:
             raise OptionError(

@@ -80,6 +80,11 @@ class Executor(ABC):
     #: True when children run in processes of their own (a crashing child spares the driver).
     isolates_children: ClassVar[bool] = True
 
+    @classmethod
+    def workers_problem(cls, workers: int) -> str | None:
+        """Why ``workers`` slots cannot run here, or None (no limit by default)."""
+        return None
+
     @abstractmethod
     def submit(self, trial_id: int, task: Any) -> None:
         """Queue ``fn(task)`` for ``trial_id``."""

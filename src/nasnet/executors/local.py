@@ -81,10 +81,27 @@ class _Worker:
     trial: tuple[int, float] | None = None  # (trial id, submit time) while busy
 
 
+#: At most this many worker processes per CPU core: each imports PyTorch (a few hundred MB),
+#: and a thousand of them exhausted a 24 GiB machine.
+MAX_WORKERS_PER_CORE = 4
+
+
 class LocalExecutor(Executor):
     """W spawned worker processes; a dead worker fails its trial and is replaced."""
 
     Options = ThreadOptions
+
+    @classmethod
+    def workers_problem(cls, workers: int) -> str | None:
+        cores = os.cpu_count() or 1
+        limit = MAX_WORKERS_PER_CORE * cores
+        if workers <= limit:
+            return None
+        return (
+            f"{workers} worker processes on {cores} core(s) would exhaust memory (each loads "
+            f"PyTorch); use at most {limit} with the local executor, or the ray executor to "
+            "spread children over machines"
+        )
 
     def __init__(self, fn: TrialFn | None = None, workers: int = 2, threads: int | None = 1):
         if workers < 1:
