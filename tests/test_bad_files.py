@@ -233,6 +233,36 @@ def test_the_real_command_prints_one_line(files, argv):
     assert not os.path.exists(Payload.marker)
 
 
+@pytest.mark.parametrize(
+    "output, problem",
+    [("{root}/a-file/model.onnx", "is a file, not a folder"),
+     ("{root}", "is a directory"),
+     ("{root}/missing/model.onnx", "no such folder"),
+     ("{run}/checkpoint.pt", "is the run's own checkpoint.pt")],
+)  # fmt: skip
+def test_export_model_refuses_outputs_it_cannot_write_or_that_are_the_runs_own(
+    files, capsys, output, problem
+):
+    with open(os.path.join(files["root"], "a-file"), "w"):
+        pass
+    with open(os.path.join(files["run"], CHECKPOINT_FILE), "rb") as fh:
+        checkpoint = fh.read()
+    path = output.format(root=files["root"], run=files["run"])
+    code, out, err = _run(["export-model", files["run"], "--format", "onnx", "-o", path], capsys)
+    _assert_one_line(code, out, err, problem)
+    with open(os.path.join(files["run"], CHECKPOINT_FILE), "rb") as fh:
+        assert fh.read() == checkpoint
+
+
+@pytest.mark.parametrize("size", ["-4", "0", "100000"])
+def test_export_model_refuses_image_sizes_out_of_range(files, capsys, size):
+    output = os.path.join(files["root"], "never.pt")
+    argv = ["export-model", "nasnet_a_cifar", "--format", "torchscript", "-o", output]
+    code, out, err = _run([*argv, "--image-size", size], capsys)
+    _assert_one_line(code, out, err, "--image-size: must be in [4, 1024]")
+    assert not os.path.exists(output)
+
+
 def test_library_raises_value_errors_naming_the_file(files):
     """The library side: ValueError subclasses naming the file, no CLI flags."""
     for case in ("w_json", "w_malicious_pickle", "w_empty", "w_run_dir"):

@@ -4,6 +4,7 @@ small search with real child training on digits."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 import pytest
@@ -102,6 +103,34 @@ def test_user_errors_are_one_line(experiment: str, tmp_path, capsys) -> None:
     bad = str(tmp_path / "bad-dataset")
     assert main(["search", "--out", bad, "--dataset", "nope", "--quiet"]) == 2
     assert "--dataset" in _error_line(capsys)
+
+
+def test_outputs_that_cannot_be_written_or_would_destroy_the_search_are_refused(
+    experiment: str, tmp_path, capsys
+) -> None:
+    database = os.path.join(experiment, DB_NAME)
+    with open(database, "rb") as fh:
+        before = fh.read()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    capsys.readouterr()
+    assert main(["export", experiment, "-o", database]) == 2
+    assert "is the run's own experiment.db" in _error_line(capsys)
+    for draw, problem in ((f"{a_file}/best.svg", "is a file, not a folder"),
+                          (f"{tmp_path}/missing/best.svg", "no such folder")):  # fmt: skip
+        assert main(["show", experiment, "--draw", draw]) == 2
+        assert problem in _error_line(capsys)
+    with open(database, "rb") as fh:
+        assert fh.read() == before
+
+
+def test_transfer_from_a_damaged_database_is_a_one_line_error(tmp_path, capsys) -> None:
+    directory = tmp_path / "damaged"
+    directory.mkdir()
+    (directory / DB_NAME).write_bytes(b"\x00not sqlite at all" * 8)
+    capsys.readouterr()
+    assert main(["transfer", str(directory), "--out", str(tmp_path / "t"), "--quiet"]) == 2
+    assert "not a nasnet experiment database" in _error_line(capsys)
 
 
 def test_newer_schema_is_a_one_line_error(tmp_path, capsys) -> None:

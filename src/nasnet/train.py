@@ -58,6 +58,9 @@ CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE = (
     "result.json",
 )
 
+#: The files a run directory holds.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE)
+
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -25,6 +26,22 @@ COMMAND_MODULES = ("info", "train", "search", "transfer", "export", "draw")
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def check_output_file(path: str, own_files: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line, an output file that cannot be written or that is one of
+    ``own_files`` (the input run's own files, which writing would destroy)."""
+    if any(os.path.realpath(path) == os.path.realpath(own) for own in own_files):
+        raise UserError(f"{path}: is the run's own {os.path.basename(path)}; write elsewhere")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory; give a file name")
+    folder = os.path.dirname(path) or "."
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{path}: {folder} is a file, not a folder")
+    if not os.path.isdir(folder):
+        raise UserError(f"{path}: no such folder {folder}; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{path}: cannot write in {folder}")
 
 
 class Terminated(KeyboardInterrupt):

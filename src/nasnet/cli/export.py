@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from nasnet.cli import UserError
+from nasnet.cli import UserError, check_output_file
+from nasnet.data import MAX_IMAGE_SIZE
 from nasnet.export import FORMATS, export_model, verify_export
 from nasnet.pretrained import (
     SOURCES,
@@ -21,6 +22,7 @@ from nasnet.pretrained import (
     save_imported,
 )
 from nasnet.registry import PRESETS, create_model, list_models
+from nasnet.train import RUN_FILES
 
 
 def register(subparsers) -> None:
@@ -87,9 +89,16 @@ def load_model(source: str, weights: str | None = None):
 def run_export(args: argparse.Namespace) -> int:
     if args.weights is not None and args.run not in PRESETS:
         raise UserError(f"--weights: applies to a preset, not to the run {args.run}; leave it out")
+    if args.image_size is not None and not 4 <= args.image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size: must be in [4, {MAX_IMAGE_SIZE}], got {args.image_size}")
+    run_files = RUN_FILES if os.path.isdir(args.run) else ()
+    check_output_file(args.output, tuple(os.path.join(args.run, name) for name in run_files))
     model, size = load_model(args.run, args.weights)
     size = args.image_size or size
-    export_model(model, args.output, args.format, size)
+    try:
+        export_model(model, args.output, args.format, size)
+    except OSError as err:
+        raise UserError(f"{args.output}: cannot write ({err.strerror or err})") from None
     print(f"wrote {args.output} ({args.format}, input Nx{model.config.in_chans}x{size}x{size})")
     if not args.no_check:
         check = verify_export(model, args.output, args.format, size)

@@ -14,15 +14,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nasnet.cli import UserError
+from nasnet.cli import UserError, check_output_file
 from nasnet.cli.train import OPTIONS as TRAIN_OPTIONS
 from nasnet.files import DirectoryError
-from nasnet.lock import ExperimentLocked
+from nasnet.lock import LOCK_NAME, ExperimentLocked
 from nasnet.options import OptionError, coerce
 from nasnet.results import plot_runs, report_html, run_curve, summarize
 from nasnet.search import Search, SearchError, SearchStats, open_experiment
 from nasnet.search_config import SEARCH_SET_CHILD_FIELDS, SearchConfig
-from nasnet.store import StoreError, TrialRecord
+from nasnet.store import DB_NAME, StoreError, TrialRecord
 from nasnet.train import TrainConfig
 
 #: Flags of the search's own fields: flag -> (field, type, help).
@@ -391,7 +391,11 @@ def _draw_best(entry: dict[str, Any], path: str) -> None:
 
     if not path.lower().endswith(FORMATS):
         raise UserError(f"--draw {path}: unsupported image format; use {', '.join(FORMATS)}")
-    draw_genotype(Genotype.from_dict(entry["genotype"]), path, f"best cell {entry['hash'][:8]}")
+    check_output_file(path)
+    try:
+        draw_genotype(Genotype.from_dict(entry["genotype"]), path, f"best cell {entry['hash'][:8]}")
+    except OSError as err:
+        raise UserError(f"--draw {path}: cannot write ({err.strerror or err})") from None
 
 
 def _num(value: float | None) -> str:
@@ -402,7 +406,12 @@ def _int(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
+#: A search directory's files (SQLite's journal files beside the database), never overwritten.
+STORE_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal", LOCK_NAME)
+
+
 def run_export(args: argparse.Namespace) -> int:
+    check_output_file(args.output, tuple(os.path.join(args.dir, n) for n in STORE_FILES))
     entries = _summary(args.dir, args.top)["leaderboard"]
     if not entries:
         raise UserError(f"{args.dir}: no finished children to export yet")

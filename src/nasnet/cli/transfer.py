@@ -9,6 +9,7 @@ from rich.console import Console
 from nasnet.cli import UserError
 from nasnet.cli.train import ProgressBar, add_training_options, flag_of, training_values
 from nasnet.data import DatasetError
+from nasnet.store import StoreError
 from nasnet.train import TrainConfig
 from nasnet.transfer import TransferError, resolve_sources, run_transfer
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     config.check()
     try:
         sources = resolve_sources(args.source, args.top)
-    except (TransferError, ValueError) as err:
+    except (TransferError, StoreError, ValueError) as err:
         raise UserError(str(err)) from None
     console = Console(stderr=True)
     console.print(
