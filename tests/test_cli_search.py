@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 
 import pytest
+import torch
 
 from nasnet.cli import main
 from nasnet.space import Genotype, load_genotype
@@ -131,6 +133,23 @@ def test_transfer_from_a_damaged_database_is_a_one_line_error(tmp_path, capsys) 
     capsys.readouterr()
     assert main(["transfer", str(directory), "--out", str(tmp_path / "t"), "--quiet"]) == 2
     assert "not a nasnet experiment database" in _error_line(capsys)
+
+
+def test_the_failure_limit_names_the_flag_that_lets_the_search_go_on(tmp_path, capsys) -> None:
+    directory = str(tmp_path / "failing")
+    argv = ["search", "--out", directory, "--budget", "3", "--toy-fail-rate", "1", *TOY]
+    assert main([*argv, "--max-failures", "2"]) == 2
+    line = _error_line(capsys)
+    assert re.search(r"stopped: [23] children failed \(limit 2, --max-failures\)", line)
+    assert line.rstrip().endswith("raise --max-failures to go on")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_children_on_a_missing_gpu_are_refused_before_the_search_starts(tmp_path, capsys):
+    directory = tmp_path / "gpu"
+    assert main(["search", "--out", str(directory), "--child-device", "cuda", *TOY]) == 2
+    assert "--child-device: cuda: no CUDA device is available here" in _error_line(capsys)
+    assert not directory.exists()
 
 
 def test_newer_schema_is_a_one_line_error(tmp_path, capsys) -> None:

@@ -47,7 +47,12 @@ from nasnet.trials import TrialOutcome, TrialStatus
 
 
 class SearchError(Exception):
-    """The search had to stop; the message says why and what to do."""
+    """The search had to stop; the message says why and what to do. ``field``, when set, is
+    the option the message names as the way on (a command line shows its flag instead)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -299,7 +304,9 @@ class Search:
             if self.executor.running == 0:  # the failure limit stopped new children
                 raise SearchError(
                     f"stopped: {stats.failed} children failed (limit {config.failure_limit}, "
-                    f"max_failures); last error: {stats.last_error or 'see nasnet show'}"
+                    f"max_failures); last error: {stats.last_error or 'see nasnet show'}; "
+                    "fix the cause, then raise max_failures to go on",
+                    field="max_failures",
                 )
             stats.running = self.executor.running
             result = self.executor.next_result(timeout=0.5)

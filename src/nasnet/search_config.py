@@ -23,7 +23,7 @@ from typing import Any
 
 from nasnet.options import OptionError, require
 from nasnet.space import SearchSpace
-from nasnet.train import RESUMABLE_CHANGES, TrainConfig
+from nasnet.train import RESUMABLE_CHANGES, TrainConfig, resolve_device
 
 #: Version of the saved config layout (1: the flat layout of nasnet 0.1).
 CONFIG_VERSION = 2
@@ -117,6 +117,11 @@ class SearchConfig:
         problem = executor_class.workers_problem(self.workers)
         if problem:
             raise OptionError("workers", problem)
+        if executor_class.runs_children_here:  # a GPU missing here fails every child
+            try:
+                resolve_device(self.child.device)
+            except OptionError as err:
+                raise err.within("child") from None
         # --- stateful evaluators (weight sharing): the state lives in the driver process
         if getattr(evaluator, "stateful", False) and executor_class.isolates_children:
             raise OptionError(

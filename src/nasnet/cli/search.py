@@ -219,7 +219,12 @@ def run_search_command(args: argparse.Namespace) -> int:
             live = console.is_terminal and not args.quiet
             with SearchDisplay(experiment.config, args.out, console, live) as display:
                 stats = Search(experiment, on_event=display.event).run()
-    except (StoreError, SearchError, ExperimentLocked, DirectoryError) as err:
+    except SearchError as err:
+        message = str(err)
+        if err.field is not None:
+            message = message.replace(err.field, flag_of(err.field))
+        raise UserError(message) from None
+    except (StoreError, ExperimentLocked, DirectoryError) as err:
         raise UserError(str(err)) from None
     best = "none" if stats.best_reward is None else f"{stats.best_reward:.4f}"
     console.print(

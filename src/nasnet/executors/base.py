@@ -79,6 +79,8 @@ class Executor(ABC):
     Options: ClassVar[type[Options]] = Options
     #: True when children run in processes of their own (a crashing child spares the driver).
     isolates_children: ClassVar[bool] = True
+    #: True when children run on this machine (so its devices are the ones they get).
+    runs_children_here: ClassVar[bool] = True
 
     @classmethod
     def workers_problem(cls, workers: int) -> str | None:

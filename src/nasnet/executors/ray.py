@@ -81,6 +81,7 @@ class RayExecutor(Executor):
     """
 
     Options = RayOptions
+    runs_children_here = False  # a cluster's nodes may have the GPUs this machine lacks
 
     def __init__(
         self,
