@@ -152,6 +152,16 @@ def test_children_on_a_missing_gpu_are_refused_before_the_search_starts(tmp_path
     assert not directory.exists()
 
 
+def test_an_export_list_given_as_a_genotype_says_how_to_split_it(experiment, tmp_path, capsys):
+    cells = str(tmp_path / "cells.json")
+    assert main(["export", experiment, "-o", cells]) == 0
+    capsys.readouterr()
+    assert main(["draw", cells, "-o", str(tmp_path / "cells.svg")]) == 2
+    assert "written by 'nasnet export'" in _error_line(capsys)
+    assert main(["transfer", experiment, "--out", experiment, "--quiet"]) == 2
+    assert "is the source itself" in _error_line(capsys)
+
+
 def test_newer_schema_is_a_one_line_error(tmp_path, capsys) -> None:
     directory = str(tmp_path / "exp")
     assert main(["search", "--out", directory, "--budget", "2", *TOY]) == 0

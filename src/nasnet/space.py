@@ -171,6 +171,11 @@ class Genotype:
 
     @classmethod
     def from_dict(cls, data: object) -> Genotype:
+        if isinstance(data, list) and data and isinstance(data[0], dict) and "genotype" in data[0]:
+            raise GenotypeError(
+                "genotype: this is a list of cells written by 'nasnet export'; give one cell "
+                "(nasnet export --split DIR writes one file per cell)"
+            )
         if not isinstance(data, dict):
             raise GenotypeError("genotype: expected a JSON object with 'normal' and 'reduction'")
         version = data.get("format_version", FORMAT_VERSION)

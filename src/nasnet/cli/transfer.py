@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from rich.console import Console
 
@@ -33,6 +34,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError("--top: must be at least 1")
+    if os.path.realpath(args.out) == os.path.realpath(args.source):
+        raise UserError(f"--out {args.out}: is the source itself; give the transfer its own folder")
     config = TrainConfig.from_dict({**TrainConfig().to_dict(), **training_values(args)})
     config.check()
     try:
