@@ -162,6 +162,17 @@ def test_an_export_list_given_as_a_genotype_says_how_to_split_it(experiment, tmp
     assert "is the source itself" in _error_line(capsys)
 
 
+def test_search_and_train_refuse_each_others_folders(experiment, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert main(["search", "--out", str(run), *TOY]) == 2
+    assert "holds a 'nasnet train' run" in _error_line(capsys)
+    assert main(["train", "--out", experiment, "--quiet"]) == 2
+    assert "holds a 'nasnet search'" in _error_line(capsys)
+    assert sorted(os.listdir(run)) == ["config.json"]
+
+
 def test_newer_schema_is_a_one_line_error(tmp_path, capsys) -> None:
     directory = str(tmp_path / "exp")
     assert main(["search", "--out", directory, "--budget", "2", *TOY]) == 0

@@ -23,7 +23,7 @@ from nasnet.results import plot_runs, report_html, run_curve, summarize
 from nasnet.search import Search, SearchError, SearchStats, open_experiment
 from nasnet.search_config import SEARCH_SET_CHILD_FIELDS, SearchConfig
 from nasnet.store import DB_NAME, StoreError, TrialRecord
-from nasnet.train import TrainConfig
+from nasnet.train import CONFIG_FILE, TrainConfig
 
 #: Flags of the search's own fields: flag -> (field, type, help).
 SEARCH_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -212,6 +212,9 @@ def _typed(target: str, name: str, value: str) -> Any:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    train_run = os.path.exists(os.path.join(args.out, CONFIG_FILE))
+    if train_run and not os.path.exists(os.path.join(args.out, DB_NAME)):
+        raise UserError(f"--out {args.out}: holds a 'nasnet train' run; use a folder of its own")
     given = given_options(args)
     console = Console()
     try:

@@ -15,6 +15,7 @@ from nasnet.data import DatasetError, load_dataset
 from nasnet.files import DirectoryError, ensure_directory, read_json
 from nasnet.options import OptionError
 from nasnet.space import GenotypeError
+from nasnet.store import DB_NAME
 from nasnet.train import (
     CONFIG_FILE,
     TrainConfig,
@@ -132,6 +133,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if os.path.exists(os.path.join(args.out, DB_NAME)):
+        raise UserError(f"--out {args.out}: holds a 'nasnet search'; give the run its own folder")
     try:
         ensure_directory(args.out)
     except DirectoryError as err:
