@@ -419,6 +419,26 @@ def test_interrupted_search_resumes_exactly(tmp_path) -> None:
     assert [(r["state_id"], r["state_digest"]) for r in resumes] == expected_states
 
 
+def test_a_stop_while_a_result_is_recorded_leaves_no_trial_running(tmp_path, monkeypatch):
+    real_tell, calls = Search._tell, []
+
+    def tell_then_stop(self, *args):
+        calls.append(1)
+        if len(calls) == 3:  # inside the transaction that records the third result
+            raise KeyboardInterrupt
+        return real_tell(self, *args)
+
+    monkeypatch.setattr(Search, "_tell", tell_then_stop)
+    options = {"strategy": "random", "budget": 6, "workers": 2, "seed": 3}
+    with pytest.raises(KeyboardInterrupt):
+        run_search(str(tmp_path), toy_config(**options))
+    statuses = [t[2] for t in trials_of(str(tmp_path))]
+    assert "running" not in statuses and statuses.count("done") == 2
+    monkeypatch.setattr(Search, "_tell", real_tell)
+    run_search(str(tmp_path), toy_config(**options))
+    assert [t[2] for t in trials_of(str(tmp_path))] == ["done"] * 6
+
+
 def test_lowering_the_budget_leaves_unfinished_trials_queued(tmp_path) -> None:
     options = {"strategy": "random", "workers": 3, "seed": 2}
     with pytest.raises(KeyboardInterrupt):

@@ -249,10 +249,12 @@ class Search:
             if self.evaluator.stateful and stats.finished >= self.config.budget:
                 self._final_scores()
         finally:
-            if self.executor is not None:
-                self.executor.shutdown()
-            self._requeue_running()
-            self._emit("end", None)
+            try:
+                if self.executor is not None:
+                    self.executor.shutdown()
+            finally:
+                self._requeue_running()
+                self._emit("end", None)
         return stats
 
     def _make_executor(self) -> Executor:
@@ -351,9 +353,12 @@ class Search:
         return self.evaluator.task_context(finished)
 
     def _finish(self, result: TrialResult) -> None:
-        proposal = self.proposals.pop(result.trial_id)
+        # dropped from the trials in flight only once recorded: a stop while recording rolls
+        # the record back, and the trial must then be requeued with the others
+        proposal = self.proposals[result.trial_id]
         self._record(result.trial_id, proposal, result.outcome, result.worker, result.started,
                      result.finished)  # fmt: skip
+        del self.proposals[result.trial_id]
 
     def _record(
         self,
