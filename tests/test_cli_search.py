@@ -142,6 +142,10 @@ def test_the_failure_limit_names_the_flag_that_lets_the_search_go_on(tmp_path, c
     line = _error_line(capsys)
     assert re.search(r"stopped: [23] children failed \(limit 2, --max-failures\)", line)
     assert line.rstrip().endswith("raise --max-failures to go on")
+    drawing = tmp_path / "best.svg"
+    assert main(["show", directory, "--draw", str(drawing)]) == 2
+    assert "no finished children to draw yet" in _error_line(capsys)
+    assert not drawing.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -171,6 +175,9 @@ def test_search_and_train_refuse_each_others_folders(experiment, tmp_path, capsy
     assert main(["train", "--out", experiment, "--quiet"]) == 2
     assert "holds a 'nasnet search'" in _error_line(capsys)
     assert sorted(os.listdir(run)) == ["config.json"]
+    for command in ("train", "search"):
+        assert main([command, "--out", "", "--quiet"]) == 2
+        assert "the output directory's name is empty" in _error_line(capsys)
 
 
 def test_newer_schema_is_a_one_line_error(tmp_path, capsys) -> None:

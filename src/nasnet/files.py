@@ -38,6 +38,8 @@ class DirectoryError(ValueError):
 def ensure_directory(path: str) -> None:
     """Create ``path`` if needed; :class:`DirectoryError` naming it if it is a file or cannot
     be written."""
+    if not path:
+        raise DirectoryError("the output directory's name is empty; give one")
     if os.path.exists(path) and not os.path.isdir(path):
         raise DirectoryError(f"{path}: is a file, not a directory; choose another directory")
     try:

@@ -325,7 +325,9 @@ def run_show(args: argparse.Namespace) -> int:
         return _show_transfer(args, read_transfer(args.dir))
     summary = _summary(args.dir, args.top)
     summary["transfers"] = transfers_of(args.dir)
-    if args.draw and summary["leaderboard"]:
+    if args.draw and not summary["leaderboard"]:
+        raise UserError(f"--draw {args.draw}: no finished children to draw yet")
+    if args.draw:
         _draw_best(summary["leaderboard"][0], args.draw)
     if args.json:
         print(json.dumps(summary, indent=2))
