@@ -118,6 +118,8 @@ def test_outputs_that_cannot_be_written_or_would_destroy_the_search_are_refused(
     capsys.readouterr()
     assert main(["export", experiment, "-o", database]) == 2
     assert "is the run's own experiment.db" in _error_line(capsys)
+    assert main(["export", experiment, "-o", str(tmp_path / "x.json"), "--split", str(a_file)]) == 2
+    assert "is a file, not a folder" in _error_line(capsys)
     for draw, problem in ((f"{a_file}/best.svg", "is a file, not a folder"),
                           (f"{tmp_path}/missing/best.svg", "no such folder")):  # fmt: skip
         assert main(["show", experiment, "--draw", draw]) == 2

@@ -52,6 +52,13 @@ def test_transfer_retrains_top_cells_with_lineage(digits_search, tmp_path, capsy
     assert "transfer to digits" in text and f"lineage: from {digits_search}" in text
     assert summary["runs"][0]["hash"][:8] in text
 
+    # other training options on the same folder are refused, naming them
+    changed = [*TRAIN[:-4], "--batch-size", "64", "--threads", "1"]
+    assert main(["transfer", digits_search, "--top", "2", *changed, "--out", out, "--quiet"]) == 2
+    assert "holds a transfer with other batch_size" in capsys.readouterr().err
+    assert main(["transfer", digits_search, "--genotype", "nasnet_a", "--out", out]) == 2
+    assert "--genotype: transfer retrains the cells of its source" in capsys.readouterr().err
+
     # rerunning resumes: nothing is trained again
     assert main(["transfer", digits_search, "--top", "2", *TRAIN, "--out", out, "--quiet"]) == 0
     again = json.loads((tmp_path / "transfer" / "transfer.json").read_text())

@@ -153,10 +153,12 @@ def _check_previous(out_dir: str, sources: list[Source], config: TrainConfig) ->
     hashes = [s.hash for s in sources]
     if previous["hashes"][: len(hashes)] != hashes:
         raise TransferError(f"{out_dir}: holds a transfer of other cells; choose another --out")
-    saved = TrainConfig.from_dict(previous["config"])
-    if dataclasses.replace(saved, threads=config.threads) != config:
+    saved = TrainConfig.from_dict(previous["config"]).to_dict()
+    changed = [k for k, v in config.to_dict().items() if k != "threads" and saved.get(k) != v]
+    if changed:
         raise TransferError(
-            f"{out_dir}: holds a transfer with other training options; choose another --out"
+            f"{out_dir}: holds a transfer with other {', '.join(changed)}; rerun with the same "
+            "options to resume, or choose another --out"
         )
 
 
