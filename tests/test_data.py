@@ -207,6 +207,8 @@ def test_folder_dataset_with_train_and_test_subfolders(tmp_path):
 
 def test_folder_errors(tmp_path):
     assert "no such folder" in _one_line_error(f"folder:{tmp_path / 'nope'}")
+    (tmp_path / "a-file").write_text("")
+    assert "is a file, not a folder" in _one_line_error(f"folder:{tmp_path / 'a-file'}")
     _write_images(tmp_path / "one", {"only": 3})
     assert "class subfolders" in _one_line_error(f"folder:{tmp_path / 'one'}")
     _write_images(tmp_path / "broken", {"a": 2, "b": 2})
@@ -297,3 +299,8 @@ def test_digits_augmentation_never_flips():
     data = load_dataset("digits")
     aug = Augment(data.mean, data.std, padding=0, flip=data.flip, cutout=0)
     assert torch.equal(aug(data.train_x[:50], _gen()), aug.normalize(data.train_x[:50]))
+
+
+def test_a_missing_cifar_path_is_named_before_the_image_size(tmp_path):
+    with pytest.raises(DatasetError, match="no such file or folder"):
+        load_dataset(f"cifar10:{tmp_path / 'missing'}", image_size=8)

@@ -139,14 +139,14 @@ def _load_cifar_spec(classes: int) -> _SpecLoader:
                 f"cifar{classes} needs a path: cifar{classes}:PATH to "
                 f"{layout.archive} or its extracted folder (download from {CIFAR_URL})"
             )
+        if not os.path.exists(arg):
+            raise DatasetError(
+                f"{arg}: no such file or folder; pass the path of {layout.archive} or of "
+                f"its extracted folder {layout.folder} (download from {CIFAR_URL})"
+            )
         if image_size not in (None, 32):
             raise DatasetError(f"cifar{classes} images are 32x32; drop the image size option")
         if check_only:
-            if not os.path.exists(arg):
-                raise DatasetError(
-                    f"{arg}: no such file or folder; pass the path of {layout.archive} or of "
-                    f"its extracted folder {layout.folder} (download from {CIFAR_URL})"
-                )
             return None
         return load_cifar(arg, classes)
 
@@ -157,10 +157,15 @@ def _load_folder_spec(arg: str, image_size: int | None, check_only: bool) -> Dat
     if not arg:
         raise DatasetError("folder needs a path: folder:PATH with one subfolder per class")
     if check_only:
-        if not os.path.isdir(arg):
-            raise DatasetError(f"{arg}: no such folder; folder:PATH needs one subfolder per class")
+        _require_class_folder(arg)
         return None
     return load_folder(arg, image_size or 32)
+
+
+def _require_class_folder(path: str) -> None:
+    if not os.path.isdir(path):
+        what = "is a file, not a folder" if os.path.exists(path) else "no such folder"
+        raise DatasetError(f"{path}: {what}; folder:PATH needs one subfolder per class")
 
 
 def _load_synthetic_spec(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
@@ -464,8 +469,7 @@ def _cifar_class_names(blob: bytes, key: str, classes: int) -> tuple[str, ...] |
 def load_folder(path: str, image_size: int = 32) -> Dataset:
     """An ImageFolder-style directory: ``PATH/<class>/*.png|jpg``, optionally under
     ``PATH/train`` and ``PATH/test`` (or ``PATH/val``); images are resized to ``image_size``."""
-    if not os.path.isdir(path):
-        raise DatasetError(f"{path}: no such folder; folder:PATH needs one subfolder per class")
+    _require_class_folder(path)
     test_dir = next((d for d in ("test", "val") if os.path.isdir(os.path.join(path, d))), None)
     if os.path.isdir(os.path.join(path, "train")) and test_dir:
         classes = _class_names(os.path.join(path, "train"))
