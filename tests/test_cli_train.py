@@ -126,3 +126,15 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     assert "different filters" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "empty")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_second_train_on_the_same_folder_is_refused(tmp_path, capsys):
+    from nasnet.lock import TRAIN_BUSY, TRAIN_LOCK_NAME, ExperimentLock
+
+    out = tmp_path / "run"
+    with ExperimentLock(str(out), TRAIN_LOCK_NAME, TRAIN_BUSY):  # as the first process holds it
+        assert main(["train", *TINY, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "another 'nasnet train' is running in this folder (pid" in err
+    assert sorted(os.listdir(out)) == [TRAIN_LOCK_NAME]
+    assert main(["train", *TINY, "--out", str(out), "--quiet"]) == 0

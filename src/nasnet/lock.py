@@ -1,4 +1,5 @@
-"""One driver per experiment: an exclusive lock on ``DIR/experiment.lock``.
+"""One driver per experiment: an exclusive lock on ``DIR/experiment.lock`` (and one
+``nasnet train`` per run folder: ``DIR/train.lock``).
 
 The lock is an operating-system file lock (``flock`` on POSIX, ``msvcrt.locking`` on
 Windows), so it is released by the kernel whenever its holder ends, SIGKILL and power loss
@@ -19,6 +20,10 @@ from datetime import datetime
 from nasnet.files import DirectoryError, ensure_directory
 
 LOCK_NAME = "experiment.lock"
+SEARCH_BUSY = "another search is running on this experiment"
+#: ``nasnet train``'s lock on its run folder, and what a second one is told.
+TRAIN_LOCK_NAME = "train.lock"
+TRAIN_BUSY = "another 'nasnet train' is running in this folder"
 
 
 class ExperimentLocked(RuntimeError):
@@ -28,9 +33,10 @@ class ExperimentLocked(RuntimeError):
 class ExperimentLock:
     """``with ExperimentLock(directory):`` holds the experiment for this process."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, name: str = LOCK_NAME, busy: str = SEARCH_BUSY) -> None:
         self.directory = directory
-        self.path = os.path.join(directory, LOCK_NAME)
+        self.path = os.path.join(directory, name)
+        self.busy = busy  # what a second process is told is going on
         self.handle = None
 
     def acquire(self) -> None:
@@ -47,7 +53,7 @@ class ExperimentLock:
             holder = _read_holder(handle)
             handle.close()
             raise ExperimentLocked(
-                f"{self.directory}: another search is running on this experiment ({holder}); "
+                f"{self.directory}: {self.busy} ({holder}); "
                 "wait for it to finish or stop it, then run this command again"
             ) from None
         handle.seek(0)
@@ -107,4 +113,4 @@ except ImportError:  # pragma: no cover - Windows
         msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-__all__ = ["LOCK_NAME", "ExperimentLock", "ExperimentLocked"]
+__all__ = ["LOCK_NAME", "TRAIN_LOCK_NAME", "ExperimentLock", "ExperimentLocked"]

@@ -28,6 +28,7 @@ from torch import nn
 from nasnet.data import MAX_IMAGE_SIZE, Augment, Dataset, load_dataset
 from nasnet.files import atomic_torch_save, atomic_write_text, json_safe
 from nasnet.genotypes import resolve_genotype
+from nasnet.lock import TRAIN_LOCK_NAME
 from nasnet.options import OptionError, check_finite, require
 from nasnet.runtime import (
     numpy_rng_state,
@@ -58,8 +59,8 @@ CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE = (
     "result.json",
 )
 
-#: The files a run directory holds.
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE)
+#: The files a run directory holds (``nasnet train`` adds its lock, ``train.lock``).
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE, TRAIN_LOCK_NAME)
 
 
 class NonFiniteLoss(RuntimeError):

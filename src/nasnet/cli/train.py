@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nasnet.cli import UserError
 from nasnet.data import DatasetError, load_dataset
 from nasnet.files import DirectoryError, ensure_directory, read_json
+from nasnet.lock import TRAIN_BUSY, TRAIN_LOCK_NAME, ExperimentLock, ExperimentLocked
 from nasnet.options import OptionError
 from nasnet.space import GenotypeError
 from nasnet.store import DB_NAME
@@ -154,8 +155,16 @@ def run_train(args: argparse.Namespace) -> int:
         f"{data.summary()}; N={config.cells}, F={config.filters}, {config.epochs} epochs",
         soft_wrap=True,
     )
-    with ProgressBar(console, quiet=args.quiet) as bar:
-        result = train(genotype, config, out_dir=args.out, progress=bar.update, dataset=data)
+    lock = ExperimentLock(args.out, TRAIN_LOCK_NAME, TRAIN_BUSY)
+    try:
+        lock.acquire()
+    except (ExperimentLocked, DirectoryError) as err:
+        raise UserError(str(err)) from None
+    try:
+        with ProgressBar(console, quiet=args.quiet) as bar:
+            result = train(genotype, config, out_dir=args.out, progress=bar.update, dataset=data)
+    finally:
+        lock.release()
     if result["status"] != "done":
         print(f"nasnet train: child failed: {result['reason']}", file=sys.stderr)
         return 1
