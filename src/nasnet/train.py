@@ -560,12 +560,19 @@ def check_out_dir(out_dir: str, config: TrainConfig) -> None:
         raise RunMismatch(f"{path}: unreadable ({err}); use a new output directory") from None
     new = config.to_dict()
     new["genotype"] = resolve_genotype(config.genotype).to_dict()
-    changed = [k for k in new if k not in RESUMABLE_CHANGES and saved.get(k) != new[k]]
+    changed = changed_fields(saved, new)
     if changed:
         raise RunMismatch(
             f"{out_dir} holds a run with different {', '.join(changed)}; "
             "rerun with the same options to resume, or use a new output directory"
         )
+
+
+def changed_fields(
+    saved: dict, new: dict, may_change: frozenset[str] = RESUMABLE_CHANGES
+) -> list[str]:
+    """The fields of the config dict ``new`` that differ from ``saved``, but ``may_change``."""
+    return [k for k, v in new.items() if k not in may_change and saved.get(k) != v]
 
 
 def _write_result(out_dir: str, result: dict) -> None:

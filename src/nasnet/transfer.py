@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from nasnet.files import FileFormatError, atomic_write_json, read_json
 from nasnet.space import Genotype, load_genotype
-from nasnet.train import TrainConfig, train
+from nasnet.train import TrainConfig, changed_fields, train
 
 TRANSFER_FILE = "transfer.json"
 LINEAGE_FILE = "lineage.json"
@@ -154,7 +154,7 @@ def _check_previous(out_dir: str, sources: list[Source], config: TrainConfig) ->
     if previous["hashes"][: len(hashes)] != hashes:
         raise TransferError(f"{out_dir}: holds a transfer of other cells; choose another --out")
     saved = TrainConfig.from_dict(previous["config"]).to_dict()
-    changed = [k for k, v in config.to_dict().items() if k != "threads" and saved.get(k) != v]
+    changed = changed_fields(saved, config.to_dict(), frozenset({"threads"}))
     if changed:
         raise TransferError(
             f"{out_dir}: holds a transfer with other {', '.join(changed)}; rerun with the same "

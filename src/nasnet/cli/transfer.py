@@ -34,7 +34,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError("--top: must be at least 1")
-    if getattr(args, "genotype", None) is not None:
+    if args.genotype is not None:
         raise UserError("--genotype: transfer retrains the cells of its source; give the "
                         "genotype file as the source instead")  # fmt: skip
     if os.path.realpath(args.out) == os.path.realpath(args.source):
