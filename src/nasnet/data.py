@@ -3,8 +3,8 @@
 A dataset is named by a spec string (:func:`load_dataset`):
 
 * ``digits`` - scikit-learn's bundled 8x8 handwritten digits (1,797 images, works offline),
-  upsampled to 16x16 by default (``image_size`` changes that). Split: 360 test, 180 validation,
-  the rest (1,257) train.
+  upsampled to 16x16 by default (``image_size`` changes that). Split: 359 test, 180 validation,
+  the rest (1,258) train.
 * ``cifar10:PATH`` / ``cifar100:PATH`` - the "python version" archive (``cifar-10-python.tar.gz``,
   ``cifar-100-python.tar.gz``), its extracted folder, or a folder holding either. The official test
   set is the test split; 5,000 training images are held out for validation (as the paper holds out
@@ -21,6 +21,7 @@ normalised float tensors (random crop with zero padding, horizontal flip, Cutout
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import pickle
@@ -34,11 +35,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nasnet.memory import available_bytes, gib
+
 #: Fixed seed of every split, so that the same spec always gives the same split.
 SPLIT_SEED = 20180101
 
 #: Images held out of CIFAR's training set for validation (the paper's 5,000).
 CIFAR_VAL_SIZE = 5000
+
+#: Images in CIFAR-10's and CIFAR-100's training sets.
+CIFAR_TRAIN_IMAGES = 50_000
+
+#: Images in scikit-learn's digits.
+DIGITS_IMAGES = 1797
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -87,12 +96,27 @@ class Dataset:
             raise ValueError(f"unknown split {name!r}; choose train, val or test")
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
+    @property
+    def shape(self) -> DatasetShape:
+        return DatasetShape(self.channels, self.image_size, self.num_classes, len(self.train_y))
+
     def summary(self) -> str:
         return (
             f"{self.name}: {len(self.train_y)} train / {len(self.val_y)} val / "
             f"{len(self.test_y)} test, {self.num_classes} classes, "
             f"{self.channels}x{self.image_size}x{self.image_size}"
         )
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What sizes a network for a dataset, known from its spec without reading an image."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+    #: Training images, where known without listing files (None for folder datasets).
+    train_images: int | None = None
 
 
 # --------------------------------------------------------------------------- spec parsing
@@ -103,15 +127,18 @@ def load_dataset(spec: str, image_size: int | None = None) -> Dataset:
     ``synthetic[:k=v,...]``) and load the dataset; ``image_size`` resizes where allowed."""
     loader, arg = _parse_spec(spec)
     dataset = loader(arg, image_size, False)
-    assert dataset is not None
+    assert isinstance(dataset, Dataset)
     return dataset
 
 
-def check_dataset_spec(spec: str, image_size: int | None = None) -> None:
-    """Raise :class:`DatasetError` if ``spec`` cannot name a dataset: unknown kind, bad
-    options, a missing path. Cheap: no image is read (a damaged file is found by loading)."""
+def check_dataset_spec(spec: str, image_size: int | None = None) -> DatasetShape:
+    """The shape of the dataset ``spec`` names, or :class:`DatasetError` if it names none:
+    unknown kind, bad options, a missing path. Cheap: no image is read (a damaged file is
+    found by loading)."""
     loader, arg = _parse_spec(spec)
-    loader(arg, image_size, True)
+    shape = loader(arg, image_size, True)
+    assert isinstance(shape, DatasetShape)
+    return shape
 
 
 def _parse_spec(spec: str) -> tuple[_SpecLoader, str]:
@@ -125,14 +152,17 @@ def _parse_spec(spec: str) -> tuple[_SpecLoader, str]:
     return loader, os.path.expanduser(arg) if arg else arg
 
 
-def _load_digits_spec(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
+def _load_digits_spec(arg: str, image_size: int | None, check_only: bool) -> _Loaded:
     if arg:
         raise DatasetError(f"digits takes no argument, got 'digits:{arg}'; use 'digits'")
-    return None if check_only else load_digits(image_size or 16)
+    if check_only:
+        n_val, n_test = _digits_holdout(DIGITS_IMAGES)
+        return DatasetShape(1, image_size or 16, 10, DIGITS_IMAGES - n_val - n_test)
+    return load_digits(image_size or 16)
 
 
 def _load_cifar_spec(classes: int) -> _SpecLoader:
-    def load(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
+    def load(arg: str, image_size: int | None, check_only: bool) -> _Loaded:
         layout = _CIFAR[classes]
         if not arg:
             raise DatasetError(
@@ -147,18 +177,20 @@ def _load_cifar_spec(classes: int) -> _SpecLoader:
         if image_size not in (None, 32):
             raise DatasetError(f"cifar{classes} images are 32x32; drop the image size option")
         if check_only:
-            return None
+            return DatasetShape(3, 32, classes, CIFAR_TRAIN_IMAGES - CIFAR_VAL_SIZE)
         return load_cifar(arg, classes)
 
     return load
 
 
-def _load_folder_spec(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
+def _load_folder_spec(arg: str, image_size: int | None, check_only: bool) -> _Loaded:
     if not arg:
         raise DatasetError("folder needs a path: folder:PATH with one subfolder per class")
     if check_only:
         _require_class_folder(arg)
-        return None
+        train = os.path.join(arg, "train")
+        classes = _class_names(train if os.path.isdir(train) else arg)
+        return DatasetShape(3, image_size or 32, len(classes))
     return load_folder(arg, image_size or 32)
 
 
@@ -168,7 +200,7 @@ def _require_class_folder(path: str) -> None:
         raise DatasetError(f"{path}: {what}; folder:PATH needs one subfolder per class")
 
 
-def _load_synthetic_spec(arg: str, image_size: int | None, check_only: bool) -> Dataset | None:
+def _load_synthetic_spec(arg: str, image_size: int | None, check_only: bool) -> _Loaded:
     options: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in arg.split(","))):
         key, sep, value = item.partition("=")
@@ -181,7 +213,11 @@ def _load_synthetic_spec(arg: str, image_size: int | None, check_only: bool) -> 
     if image_size is not None:
         options.setdefault("size", image_size)
     _check_synthetic_size(options)
-    return None if check_only else make_synthetic(**options)
+    if check_only:
+        defaults = inspect.signature(make_synthetic).parameters
+        value = {k: options.get(k, p.default) for k, p in defaults.items()}
+        return DatasetShape(value["channels"], value["size"], value["classes"], value["train"])
+    return make_synthetic(**options)
 
 
 def _check_synthetic_size(options: dict[str, int]) -> None:
@@ -196,7 +232,8 @@ def _check_synthetic_size(options: dict[str, int]) -> None:
         )
 
 
-_SpecLoader = Callable[[str, "int | None", bool], "Dataset | None"]
+_Loaded = Dataset | DatasetShape
+_SpecLoader = Callable[[str, "int | None", bool], _Loaded]
 
 #: Largest image side any loader produces.
 MAX_IMAGE_SIZE = 1024
@@ -230,7 +267,8 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     """Per-channel mean and std of uint8 images, in units of the 0..1 range."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
-    for chunk in images.split(4096):
+    per_chunk = max(1, 2**25 // images[0].numel())  # float64 copies of at most 256 MiB
+    for chunk in images.split(per_chunk):
         values = chunk.to(torch.float64).div_(255.0)
         total += values.sum(dim=(0, 2, 3))
         squares += values.square().sum(dim=(0, 2, 3))
@@ -241,10 +279,26 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 
 def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize, a chunk of images at a time: the float copy stays under 256 MiB."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    scaled = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
-    return scaled.round_().clamp_(0, 255).to(torch.uint8)
+    out = torch.empty(len(images), images.shape[1], size, size, dtype=torch.uint8)
+    chunk = max(1, 2**28 // (4 * images.shape[1] * size * size))
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].float()
+        scaled = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False)
+        out[start : start + chunk] = scaled.round_().clamp_(0, 255)
+    return out
+
+
+def _check_fits_in_memory(name: str, images: int, channels: int, size: int) -> None:
+    """Refuse a dataset whose uint8 pixels would not fit in the memory this machine has free."""
+    need, available = images * channels * size * size, available_bytes("cpu")
+    if available is not None and need > available:
+        raise DatasetError(
+            f"{name}: {images} images of {channels}x{size}x{size} need {gib(need)} of memory, "
+            f"more than the {gib(available)} available; use a smaller image size"
+        )
 
 
 def _holdout_split(
@@ -277,13 +331,19 @@ def load_digits(image_size: int = 16) -> Dataset:
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
+    _check_fits_in_memory("digits", DIGITS_IMAGES, 1, image_size)
     bunch = sklearn_digits()
     pixels = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     x = _resize_uint8(torch.from_numpy(pixels).unsqueeze(1), image_size)
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    n_test = round(0.2 * len(y))
-    parts = _holdout_split(x, y, n_val=round(0.1 * len(y)), n_test=n_test)
+    n_val, n_test = _digits_holdout(len(y))
+    parts = _holdout_split(x, y, n_val=n_val, n_test=n_test)
     return _build("digits", parts, 10, flip=False, classes=tuple(str(d) for d in range(10)))
+
+
+def _digits_holdout(images: int) -> tuple[int, int]:
+    """``(validation, test)`` images held out of digits: 10 % and 20 %."""
+    return round(0.1 * images), round(0.2 * images)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -497,6 +557,16 @@ def _class_names(path: str) -> list[str]:
 
 
 def _read_images(path: str, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    files, labels = _list_images(path, classes)
+    _check_fits_in_memory(path, len(files), 3, size)
+    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    for i, file in enumerate(files):
+        images[i] = _decode_image(file, size)
+    return torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def _list_images(path: str, classes: list[str]) -> tuple[list[str], list[int]]:
+    """The image files of every class folder under ``path`` and their labels."""
     images, labels = [], []
     for label, name in enumerate(classes):
         folder = os.path.join(path, name)
@@ -507,12 +577,9 @@ def _read_images(path: str, classes: list[str], size: int) -> tuple[torch.Tensor
             raise DatasetError(
                 f"{folder}: class {name!r} has no .png/.jpg images; add some or remove the folder"
             )
-        for file in files:
-            images.append(_decode_image(os.path.join(folder, file), size))
-            labels.append(label)
-    if not images:
-        raise DatasetError(f"{path}: no .png/.jpg images in the class subfolders")
-    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+        images += [os.path.join(folder, file) for file in files]
+        labels += [label] * len(files)
+    return images, labels
 
 
 def _decode_image(file: str, size: int) -> np.ndarray:
@@ -529,7 +596,7 @@ def _decode_image(file: str, size: int) -> np.ndarray:
             rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{file}: cannot decode image ({err}); remove or replace it") from None
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -618,6 +685,7 @@ __all__ = [
     "Augment",
     "Dataset",
     "DatasetError",
+    "DatasetShape",
     "check_dataset_spec",
     "cutout",
     "load_cifar",

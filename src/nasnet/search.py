@@ -119,7 +119,7 @@ def open_experiment(directory: str, options: SearchConfig | dict[str, Any]) -> I
         store = Store.open(directory) if Store.exists(directory) else None
         resumed = store is not None
         config = resolve_config(store.config() if store else None, given)
-        config.build_evaluator().check_setup()
+        config.build_evaluator().check_setup(_children_here_at_once(config))
         if store is None:
             store = Store.create(directory, config.to_dict())
         else:
@@ -447,6 +447,13 @@ class Search:
         self.stats.ranking_warning = self.evaluator.ranking_warning(
             [final for final in finals.values() if final is not None]
         )
+
+
+def _children_here_at_once(config: SearchConfig) -> int:
+    """Children that train on this machine at the same time (0: they train elsewhere)."""
+    if not config.build_executor_class().runs_children_here:
+        return 0
+    return min(config.workers, config.budget)
 
 
 def _told_reward(trial: TrialRecord) -> float | None:

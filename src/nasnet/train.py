@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasnet.data import MAX_IMAGE_SIZE, Augment, Dataset, load_dataset
+from nasnet.data import MAX_IMAGE_SIZE, Augment, Dataset, DatasetShape, load_dataset
 from nasnet.files import atomic_torch_save, atomic_write_text, json_safe
 from nasnet.genotypes import resolve_genotype
 from nasnet.lock import TRAIN_LOCK_NAME
+from nasnet.memory import available_bytes, gib, training_step_bytes
 from nasnet.options import OptionError, check_finite, require
 from nasnet.runtime import (
     numpy_rng_state,
@@ -185,7 +186,7 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]) >> 1
 
 
-def build_model(genotype: Genotype, config: TrainConfig, data: Dataset) -> nn.Module:
+def build_model(genotype: Genotype, config: TrainConfig, data: Dataset | DatasetShape) -> nn.Module:
     """The child network for ``data`` (seeded from ``config.seed``)."""
     from nasnet.network import build_network
 
@@ -199,6 +200,31 @@ def build_model(genotype: Genotype, config: TrainConfig, data: Dataset) -> nn.Mo
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def check_training_memory(
+    genotype: Genotype, config: TrainConfig, data: Dataset | DatasetShape, runs: int = 1
+) -> None:
+    """Raise :class:`OptionError` on ``batch_size`` when ``runs`` trainings of ``genotype`` on
+    ``data`` at once would need more memory than ``config.device`` has free; the estimate is
+    :func:`nasnet.memory.training_step_bytes`."""
+    available = available_bytes(resolve_device(config.device))
+    if available is None:
+        return
+    shape = data.shape if isinstance(data, Dataset) else data
+    batch = min(config.batch_size, shape.train_images or config.batch_size)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_model(genotype, config, shape)
+    image = (shape.channels, shape.image_size, shape.image_size)
+    each = training_step_bytes(model, batch, image)
+    if runs * each > available:
+        what = f"{runs} runs at once need" if runs > 1 else "it needs"
+        raise OptionError(
+            "batch_size",
+            f"training at batch {batch} on {'x'.join(map(str, image))} images, {what} about "
+            f"{gib(runs * each)} of memory, more than the {gib(available)} available; lower "
+            "the batch size" + (" or the image size" if shape.image_size > 32 else ""),
+        )
 
 
 class EMA:
@@ -468,12 +494,15 @@ def train(
     progress: ProgressFn | None = None,
     dataset: Dataset | None = None,
     stop: StopRule | None = None,
+    check_memory: bool = True,
 ) -> dict:
     """Train one child and return its result record; never raises (except KeyboardInterrupt).
 
     ``genotype`` defaults to ``config.genotype``; ``dataset`` (already loaded) skips loading
     ``config.dataset``. ``stop(epoch, val_accuracy)``, called after every epoch but the last,
-    ends training early when it returns True. The record holds ``status`` (``done`` or
+    ends training early when it returns True. A run that would not fit in memory fails
+    before it starts (:func:`check_training_memory`; ``check_memory=False`` skips that
+    check, for callers that made it already). The record holds ``status`` (``done`` or
     ``failed``), ``reason``, ``val_accuracy``, ``test_accuracy`` (when ``config.eval_test``),
     ``loss_curve``, ``params``, ``mult_adds``, ``seconds``, ``images_per_sec``, ``epochs_done``
     and ``stopped_early``. Without ``out_dir`` no
@@ -485,7 +514,7 @@ def train(
     run: ChildTrainer | None = None
     with preserve_global_state():
         try:
-            run = _prepare(genotype, config, out_dir, progress, dataset)
+            run = _prepare(genotype, config, out_dir, progress, dataset, check_memory)
             result = run.execute(stop)
         except (RunMismatch, CheckpointError, OptionError) as err:  # leave out_dir's files alone
             return _failed_result(None, str(err), started)
@@ -503,6 +532,7 @@ def _prepare(
     out_dir: str | None,
     progress: ProgressFn | None,
     dataset: Dataset | None,
+    check_memory: bool = True,
 ) -> ChildTrainer:
     config.check()
     resolve_device(config.device)  # before config.json: a run for a missing GPU is not started
@@ -512,9 +542,12 @@ def _prepare(
         torch.set_num_threads(config.threads)
     if out_dir:
         check_out_dir(out_dir, config)
+    data = dataset if dataset is not None else load_dataset(config.dataset, config.image_size)
+    if check_memory:
+        check_training_memory(genotype, config, data)
+    if out_dir:  # only now: a run that cannot start leaves no config behind to block a fix
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(os.path.join(out_dir, CONFIG_FILE), config.to_json())
-    data = dataset if dataset is not None else load_dataset(config.dataset, config.image_size)
     run = ChildTrainer(genotype, config, data, out_dir, progress)
     checkpoint = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
     if checkpoint and os.path.exists(checkpoint):

@@ -21,6 +21,7 @@ from nasnet.train import (
     CONFIG_FILE,
     TrainConfig,
     check_out_dir,
+    check_training_memory,
     evaluate_run,
     resolve_device,
     resolve_genotype,
@@ -146,6 +147,7 @@ def run_train(args: argparse.Namespace) -> int:
         check_out_dir(args.out, config)
         resolve_device(config.device)
         data = load_dataset(config.dataset, config.image_size)
+        check_training_memory(genotype, config, data)
     except (GenotypeError, OptionError):
         raise
     except (DatasetError, ValueError) as err:
@@ -162,7 +164,14 @@ def run_train(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     try:
         with ProgressBar(console, quiet=args.quiet) as bar:
-            result = train(genotype, config, out_dir=args.out, progress=bar.update, dataset=data)
+            result = train(
+                genotype,
+                config,
+                out_dir=args.out,
+                progress=bar.update,
+                dataset=data,
+                check_memory=False,
+            )  # checked above
     finally:
         lock.release()
     if result["status"] != "done":

@@ -108,9 +108,11 @@ class Evaluator(ABC):
         )
         return TrialOutcome.done(reward, measured)
 
-    def check_setup(self) -> None:  # noqa: B027 - optional hook
-        """Cheap checks in the driver before any child starts (e.g. the dataset is readable);
-        raise :class:`~nasnet.options.OptionError` or ``ValueError`` naming the problem."""
+    def check_setup(self, children_at_once: int = 1) -> None:  # noqa: B027 - optional hook
+        """Cheap checks in the driver before any child starts (e.g. the dataset is readable,
+        ``children_at_once`` children fit in this machine's memory; 0: children run
+        elsewhere); raise :class:`~nasnet.options.OptionError` or ``ValueError`` naming the
+        problem."""
 
     def needs_process_isolation(self) -> bool:
         """True when children may end their process (they need a process executor)."""

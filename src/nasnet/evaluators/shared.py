@@ -103,8 +103,8 @@ class SharedEvaluator(Evaluator):
 
     # -- setup --------------------------------------------------------------------------------
 
-    def check_setup(self) -> None:
-        check_child_dataset(self.child.dataset)
+    def check_setup(self, children_at_once: int = 1) -> None:
+        check_child_dataset(self.child.dataset, self.child.image_size)
 
     def load_shared_data(self) -> Any:
         return cached_dataset(self.child.dataset, self.child.image_size)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from dataclasses import dataclass
 from typing import Any
 
+from nasnet.data import DatasetShape
 from nasnet.evaluators.base import Evaluator, RewardOptions
 from nasnet.options import OptionError, check_at_least, check_finite, option, require
 from nasnet.space import Genotype
-from nasnet.train import train
+from nasnet.train import check_training_memory, train
 from nasnet.trials import TrialOutcome
 
 #: The metrics of a child run that a search keeps (never the test accuracy).
@@ -50,12 +52,12 @@ def cached_dataset(spec: str, image_size: int | None = None) -> Any:
     return _DATASETS[key]
 
 
-def check_child_dataset(spec: str) -> None:
-    """The children's dataset spec names something readable (without loading every image)."""
+def check_child_dataset(spec: str, image_size: int | None = None) -> DatasetShape:
+    """The shape of the children's dataset, which must be readable (no image is loaded)."""
     from nasnet.data import DatasetError, check_dataset_spec
 
     try:
-        check_dataset_spec(spec)
+        return check_dataset_spec(spec, image_size)
     except DatasetError as err:
         raise OptionError("child.dataset", str(err)) from None
 
@@ -121,15 +123,29 @@ class TrainEvaluator(Evaluator):
             limit = thresholds[epoch - 1] if thresholds and epoch <= len(thresholds) else None
             return limit is not None and accuracy < limit
 
-        result = train(genotype, config, dataset=self.load_shared_data(), stop=stop)
+        data = self.load_shared_data()  # memory: checked once, in check_setup
+        result = train(genotype, config, dataset=data, stop=stop, check_memory=False)
         metrics = {key: result.get(key) for key in KEPT_METRICS}
         if result.get("status") != "done":
             reason = result.get("reason") or "unknown reason"
             return TrialOutcome.failed(f"training failed: {reason}", metrics)
         return metrics
 
-    def check_setup(self) -> None:
-        check_child_dataset(self.child.dataset)
+    def check_setup(self, children_at_once: int = 1) -> None:
+        """The dataset is readable, and ``children_at_once`` children fit in memory. The
+        estimate is for one child sampled from the space with a fixed seed; children of other
+        cells may need somewhat more or less."""
+        shape = check_child_dataset(self.child.dataset, self.child.image_size)
+        if not children_at_once:
+            return
+        typical = self.space.sample(random.Random(0))
+        try:
+            check_training_memory(typical, self.child, shape, children_at_once)
+        except OptionError as err:
+            fewer = ", or use fewer workers" if children_at_once > 1 else ""
+            raise OptionError(
+                f"child.{err.field}", f"{err.problem}{fewer} (estimated for a sampled child)"
+            ) from None
 
     def shared_data_key(self) -> tuple:
         return (self.child.dataset, self.child.image_size)

@@ -1,0 +1,124 @@
+"""Memory: what training a network needs, checked against what the machine has before it starts.
+
+A run that does not fit is killed by the kernel (or fails with CUDA out of memory) after its
+set-up, with no word of why; the checks here refuse it first, in one line. The estimate runs
+the network's training-mode forward pass on the meta device (shapes only: no memory, no
+arithmetic) and adds up what a training step holds at its peak: the output of every operation
+(training keeps nearly all of them for the backward pass), twice the largest one (gradients in
+flight) and four copies of the parameters (weights, gradients, momentum, the EMA).
+
+Measured against the resident memory of real CPU training steps (NASNet-A, CIFAR stem, N=2,
+F=12, 32-128 px, batch 32-64, torch 2.13): the estimate is within 10 % of the growth of the
+process's peak resident memory over its first two steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+GIB = 2**30
+
+#: Copies of the parameters a training step holds: weights, gradients, momentum, EMA.
+PARAMETER_COPIES = 4
+
+
+class _OutputBytes(TorchDispatchMode):
+    """Sums the bytes of every new tensor an operation returns (views and in-place results,
+    which alias an input, allocate nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not any(r.alias_info is not None for r in func._schema.returns):
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.total += t.nbytes
+                    self.largest = max(self.largest, t.nbytes)
+        return out
+
+
+def training_step_bytes(model: nn.Module, batch: int, image_shape: tuple[int, int, int]) -> int:
+    """Estimated peak bytes of one training step of ``model`` (built on the meta device) on
+    ``batch`` images of ``image_shape`` = ``(C, H, W)``; see the module docstring."""
+    param = next(model.parameters())
+    if param.device.type != "meta":
+        raise ValueError("training_step_bytes: build the model on the meta device")
+    x = torch.empty(batch, *image_shape, device="meta")
+    if param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+    was_training = model.training
+    model.train()
+    counter = _OutputBytes()
+    try:
+        with counter:
+            output = model(x)
+    finally:
+        model.train(was_training)
+    del output
+    params = sum(p.nbytes for p in model.parameters())
+    return counter.total + 2 * counter.largest + PARAMETER_COPIES * params
+
+
+def available_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Bytes a new allocation can still get on ``device``: CUDA's free memory; on the host,
+    Linux's ``MemAvailable`` capped by the cgroup (container) limit, else the physical
+    memory; None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    known = [b for b in (_meminfo_available(), _cgroup_headroom()) if b is not None]
+    if not known:
+        known = [b for b in (_physical_bytes(),) if b is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """The cgroup's memory limit minus its usage (v2, then v1); None without a limit."""
+    v1 = "/sys/fs/cgroup/memory/memory."
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (v1 + "limit_in_bytes", v1 + "usage_in_bytes"),
+    ):
+        try:
+            with open(limit_file, encoding="ascii") as fh:
+                limit = fh.read().strip()
+            with open(usage_file, encoding="ascii") as fh:
+                usage = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # v1 reports "no limit" as a huge number
+            return max(int(limit) - usage, 0)
+    return None
+
+
+def _physical_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def gib(n: int) -> str:
+    """``n`` bytes as GiB for messages (``'3.2 GiB'``)."""
+    return f"{n / GIB:.1f} GiB"
