@@ -120,6 +120,9 @@ def test_outputs_that_cannot_be_written_or_would_destroy_the_search_are_refused(
     assert "is the run's own experiment.db" in _error_line(capsys)
     assert main(["export", experiment, "-o", str(tmp_path / "x.json"), "--split", str(a_file)]) == 2
     assert "is a file, not a folder" in _error_line(capsys)
+    assert main(["export", experiment, "-o", str(tmp_path / "cells.csv")]) == 2
+    assert "are written as JSON; name the file .json" in _error_line(capsys)
+    assert not (tmp_path / "cells.csv").exists()
     for draw, problem in ((f"{a_file}/best.svg", "is a file, not a folder"),
                           (f"{tmp_path}/missing/best.svg", "no such folder")):  # fmt: skip
         assert main(["show", experiment, "--draw", draw]) == 2

@@ -5,7 +5,7 @@ import torch
 
 import nasnet
 from nasnet.cli import main
-from nasnet.export import ExportCheck, check_export, export_model, verify_export
+from nasnet.export import ExportCheck, check_export, export_model, resolve_format, verify_export
 from nasnet.space import SearchSpace
 
 
@@ -44,6 +44,32 @@ def test_export_model_cli_checks_the_export(tmp_path, capsys):
     assert main(["export-model", "nasnet_a_cifar", "--format", "onnx", "-o", str(out),
                  "--image-size", "32"]) == 0  # fmt: skip
     assert "check: max |difference|" in capsys.readouterr().out and out.stat().st_size > 1e6
+
+
+def test_the_format_comes_from_the_extension_and_may_not_contradict_it():
+    assert resolve_format("m.onnx") == "onnx" and resolve_format("M.PTH") == "torchscript"
+    assert resolve_format("model.bin", "onnx") == "onnx"  # an unknown extension: as given
+    with pytest.raises(ValueError, match=r"cannot tell the format of model.bin"):
+        resolve_format("model.bin")
+    with pytest.raises(
+        ValueError,
+        match=r"onnx does not match the extension of m.pt "
+        r"\(torchscript\); name the file .onnx",
+    ):
+        resolve_format("m.pt", "onnx")
+
+
+def test_export_model_cli_infers_the_format_and_refuses_a_contradiction(tmp_path, capsys):
+    out = tmp_path / "cifar.pt"
+    argv = ["export-model", "nasnet_a_cifar", "-o", str(out), "--image-size", "16", "--no-check"]
+    assert main(argv) == 0
+    assert "(torchscript, input Nx3x16x16)" in capsys.readouterr().out
+    assert torch.jit.load(str(out))(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+    wrong = tmp_path / "cifar.onnx"
+    assert main([*argv[:3], str(wrong), "--format", "torchscript"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--format: torchscript does not match" in err
+    assert not wrong.exists()
 
 
 def test_features_only_backbone_shapes_and_gradients():

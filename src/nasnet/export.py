@@ -7,6 +7,7 @@ model and holds the difference to ``1e-4 x max(1, |logits|)``.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -47,6 +48,27 @@ def export_torchscript(model: nn.Module, path: str, image_size: int) -> str:
         traced = torch.jit.trace(model, _example(model, image_size))
         traced.save(path)
     return path
+
+
+#: File extensions of each format (the first is the usual one).
+EXTENSIONS = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts")}
+
+
+def resolve_format(path: str, fmt: str | None = None) -> str:
+    """The format to write ``path`` in: ``fmt``, or the one its extension names. A ``fmt``
+    that contradicts the extension is a :class:`ValueError` (a ``model.onnx`` holding
+    TorchScript would fail in whatever reads it); so is no ``fmt`` and an unknown extension."""
+    suffix = os.path.splitext(path)[1].lower()
+    named = next((f for f, suffixes in EXTENSIONS.items() if suffix in suffixes), None)
+    known = "; ".join(f"{', '.join(s)}: {f}" for f, s in EXTENSIONS.items())
+    if fmt is None and named is None:
+        raise ValueError(f"cannot tell the format of {path} from its extension ({known})")
+    if fmt is not None and named is not None and fmt != named:
+        raise ValueError(
+            f"{fmt} does not match the extension of {path} ({named}); name the file "
+            f"{EXTENSIONS[fmt][0]} or leave the format out"
+        )
+    return fmt or named
 
 
 def export_model(model: nn.Module, path: str, fmt: str, image_size: int) -> str:

@@ -11,7 +11,7 @@ import os
 
 from nasnet.cli import UserError, check_output_file
 from nasnet.data import MAX_IMAGE_SIZE
-from nasnet.export import FORMATS, export_model, verify_export
+from nasnet.export import FORMATS, export_model, resolve_format, verify_export
 from nasnet.pretrained import (
     SOURCES,
     PresetInferenceError,
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
         "of two batch sizes (max |difference| <= 1e-4 x max(1, |logits|)).",
     )
     p.add_argument("run", help="a 'nasnet train' / 'nasnet transfer' run directory, or a preset")
-    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--format", choices=FORMATS, help="default: from the extension of -o")
     p.add_argument("-o", "--output", required=True, help="file to write (.onnx / .pt)")
     p.add_argument("--image-size", type=int, help="input side (default: the model's)")
     p.add_argument("--weights", help="for a preset: a file written by 'nasnet import-weights'")
@@ -93,15 +93,19 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError(f"--image-size: must be in [4, {MAX_IMAGE_SIZE}], got {args.image_size}")
     run_files = RUN_FILES if os.path.isdir(args.run) else ()
     check_output_file(args.output, tuple(os.path.join(args.run, name) for name in run_files))
+    try:
+        fmt = resolve_format(args.output, args.format)
+    except ValueError as err:
+        raise UserError(f"--format: {err}") from None
     model, size = load_model(args.run, args.weights)
     size = args.image_size or size
     try:
-        export_model(model, args.output, args.format, size)
+        export_model(model, args.output, fmt, size)
     except OSError as err:
         raise UserError(f"{args.output}: cannot write ({err.strerror or err})") from None
-    print(f"wrote {args.output} ({args.format}, input Nx{model.config.in_chans}x{size}x{size})")
+    print(f"wrote {args.output} ({fmt}, input Nx{model.config.in_chans}x{size}x{size})")
     if not args.no_check:
-        check = verify_export(model, args.output, args.format, size)
+        check = verify_export(model, args.output, fmt, size)
         status = "ok" if check.ok else "MISMATCH"
         batches = " and ".join(map(str, check.batch_sizes))
         print(f"check: max |difference| {check.max_diff:.2e} over batch sizes {batches}: {status}")

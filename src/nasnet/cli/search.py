@@ -422,6 +422,8 @@ STORE_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"
 
 def run_export(args: argparse.Namespace) -> int:
     check_output_file(args.output, tuple(os.path.join(args.dir, n) for n in STORE_FILES))
+    if os.path.splitext(args.output)[1].lower() != ".json":
+        raise UserError(f"-o {args.output}: the cells are written as JSON; name the file .json")
     if args.split and os.path.exists(args.split) and not os.path.isdir(args.split):
         raise UserError(f"--split {args.split}: is a file, not a folder")
     entries = _summary(args.dir, args.top)["leaderboard"]
