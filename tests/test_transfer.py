@@ -7,7 +7,7 @@ from nasnet.genotypes import NASNET_A
 from nasnet.search import run_search
 from nasnet.search_config import SearchConfig
 from nasnet.train import TrainConfig
-from nasnet.transfer import TransferError, resolve_sources
+from nasnet.transfer import TransferError, resolve_sources, run_transfer
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,33 @@ def test_transfer_retrains_top_cells_with_lineage(digits_search, tmp_path, capsy
     assert [r["val_accuracy"] for r in again["runs"]] == [
         r["val_accuracy"] for r in summary["runs"]
     ]
+
+
+def test_an_interrupted_transfer_is_shown_with_its_runs_pending(
+    digits_search, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = str(tmp_path / "interrupted")
+    sources = resolve_sources(digits_search, 2)
+    config = TrainConfig(cells=1, filters=4, epochs=1, threads=1)
+
+    def interrupt(rank, source, event):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(sources, config, out, interrupt)
+    capsys.readouterr()
+    assert main(["show", out, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in shown["runs"]] == ["pending", "pending"]
+    assert [r["hash"] for r in shown["runs"]] == [s.hash for s in sources]
+    assert main(["show", out]) == 0
+    assert "pending" in capsys.readouterr().out
+    assert main(["show", digits_search, "--json"]) == 0
+    assert out in [t["transfer"] for t in json.loads(capsys.readouterr().out)["transfers"]]
+    rows = run_transfer(sources, config, out)  # the rerun finishes it
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert json.loads((tmp_path / "interrupted" / "transfer.json").read_text())["runs"] == rows
 
 
 def test_transfer_accepts_a_genotype_file(tmp_path):

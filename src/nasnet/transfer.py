@@ -25,6 +25,9 @@ TRANSFER_FILE = "transfer.json"
 LINEAGE_FILE = "lineage.json"
 POINTER_FILE = "transfers.jsonl"
 
+#: The status of a run in ``transfer.json`` that has not finished (yet).
+PENDING = "pending"
+
 
 class TransferError(ValueError):
     """The transfer source or output cannot be used; the message says why."""
@@ -115,22 +118,26 @@ def run_transfer(
 ) -> list[dict]:
     """Train every source cell with ``config`` under ``out_dir``; returns one row per run.
 
-    ``progress(rank, source, event)`` receives the trainer's progress events.
+    ``progress(rank, source, event)`` receives the trainer's progress events. ``transfer.json``
+    and the search's pointer to it are written before the first run starts, with every run
+    ``pending``, so that an interrupted transfer is still one (``nasnet show`` lists it).
     """
     os.makedirs(out_dir, exist_ok=True)
     _check_previous(out_dir, sources, config)
-    rows: list[dict] = []
-    for rank, source in enumerate(sources, start=1):
-        run_dir = os.path.join(out_dir, run_dir_name(rank, source))
+    runs = [(rank, source, os.path.join(out_dir, run_dir_name(rank, source)))
+            for rank, source in enumerate(sources, start=1)]  # fmt: skip
+    rows = [_row(rank, source, run_dir, {"status": PENDING}) for rank, source, run_dir in runs]
+    _write_summary(out_dir, sources, config, rows)
+    for experiment in {s.experiment for s in sources if s.experiment}:
+        _add_pointer(experiment, out_dir)
+    for rank, source, run_dir in runs:
         os.makedirs(run_dir, exist_ok=True)
         atomic_write_json(os.path.join(run_dir, LINEAGE_FILE), source.lineage())
         run_config = dataclasses.replace(config, genotype=source.genotype.to_dict())
         callback = None if progress is None else (lambda e, r=rank, s=source: progress(r, s, e))
         result = train(source.genotype, run_config, out_dir=run_dir, progress=callback)
-        rows.append(_row(rank, source, run_dir, result))
+        rows[rank - 1] = _row(rank, source, run_dir, result)
         _write_summary(out_dir, sources, config, rows)
-    for experiment in {s.experiment for s in sources if s.experiment}:
-        _add_pointer(experiment, out_dir)
     return rows
 
 

@@ -389,7 +389,7 @@ def _transfer_table(console: Console, directory: str, transfer: dict[str, Any]) 
             str(run["rank"]), run["hash"][:8],
             "-" if run["trial_id"] is None else str(run["trial_id"]), _num(run["search_reward"]),
             _num(run["val_accuracy"]), _num(run["test_accuracy"]), _int(run["params"]),
-            run["status"] if run["status"] == "done" else f"failed: {run['reason']}", run["run"],
+            run["status"] if run["status"] != "failed" else f"failed: {run['reason']}", run["run"],
         )  # fmt: skip
     console.print(table)
     console.print("lineage: from " + ", ".join(dict.fromkeys(origins)), soft_wrap=True)
