@@ -133,6 +133,22 @@ def test_readonly_store_cannot_write(tmp_path) -> None:
         _add(store, 1, NASNET_A, 1)
 
 
+def test_a_full_disk_is_a_one_line_store_error_and_the_store_keeps_what_it_had(tmp_path):
+    store = Store.create(str(tmp_path / "exp"), {"budget": 3})
+    _add(store, 1, NASNET_A, 1)
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk is full"
+    path = str(tmp_path / "exp" / DB_NAME)
+    with pytest.raises(StoreError) as caught, store.transaction():
+        for trial_id in range(2, 200):
+            store.add_trial(trial_id, NASNET_A, {"padding": "x" * 10_000}, trial_id, trial_id)
+    assert str(caught.value) == (
+        f"{path}: cannot write (database or disk is full); free some disk space and run again"
+    )
+    assert [t.id for t in store.trials()] == [1]
+    store.close()
+
+
 def test_trial_summary_is_json(tmp_path) -> None:
     store = Store.create(str(tmp_path), {})
     _add(store, 1, NASNET_A, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import nasnet.files
 from nasnet.data import make_synthetic
 from nasnet.genotypes import NASNET_A
 from nasnet.train import (
@@ -137,6 +139,30 @@ def test_errors_become_failed_records(data):
     missing = train(NASNET_A, tiny(dataset="cifar10:/no/such/file"))
     assert missing["status"] == "failed" and "no such file" in missing["reason"]
     assert train(NASNET_A, tiny(epochs=0), dataset=data)["reason"].startswith("epochs")
+
+
+def test_a_full_disk_fails_the_run_naming_the_file_and_a_rerun_resumes(data, tmp_path, monkeypatch):
+    real_replace, checkpoints = os.replace, []
+
+    def disk_full_after_the_first_checkpoint(src, dst):
+        if str(dst).endswith("checkpoint.pt"):
+            checkpoints.append(dst)
+            if len(checkpoints) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(nasnet.files.os, "replace", disk_full_after_the_first_checkpoint)
+    result = train(NASNET_A, tiny(epochs=2), dataset=data, out_dir=str(tmp_path))
+    assert result["status"] == "failed"
+    assert result["reason"] == (
+        f"{tmp_path / 'checkpoint.pt'}: cannot write (No space left on device); "
+        "free some disk space and run again"
+    )
+    assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
+    monkeypatch.setattr(nasnet.files.os, "replace", real_replace)
+    again = train(NASNET_A, tiny(epochs=2), dataset=data, out_dir=str(tmp_path))
+    assert again["status"] == "done" and again["epochs_done"] == 2
+    assert again["loss_curve"] == train(NASNET_A, tiny(epochs=2), dataset=data)["loss_curve"]
 
 
 def test_drop_path_progress_follows_the_step_count(data, monkeypatch):

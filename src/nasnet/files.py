@@ -3,6 +3,7 @@ the same folder, then rename it over the target (atomic on POSIX and Windows).""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -50,16 +51,28 @@ def ensure_directory(path: str) -> None:
         raise DirectoryError(f"{path}: not writable; choose another directory")
 
 
+class WriteError(OSError):
+    """A file could not be written; unlike a bare ``OSError`` from ``write()`` (a full disk),
+    the message names the file, and the fix where one is known."""
+
+    def __str__(self) -> str:
+        fix = "; free some disk space and run again" if self.errno == errno.ENOSPC else ""
+        return f"{self.filename}: cannot write ({self.strerror}){fix}"
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, creating its folder if needed."""
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+    """Write ``data`` to ``path`` atomically, creating its folder if needed; a failure is a
+    :class:`WriteError` naming ``path`` (and ``path`` keeps what it held)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
+    except OSError as err:
+        raise WriteError(err.errno, err.strerror or str(err), path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -98,6 +111,7 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 __all__ = [
     "DirectoryError",
     "FileFormatError",
+    "WriteError",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_json",

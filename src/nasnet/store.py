@@ -97,7 +97,22 @@ CREATE TABLE IF NOT EXISTS resumes (
 
 
 class StoreError(Exception):
-    """The experiment store cannot be used (missing, newer schema, not a database)."""
+    """The experiment store cannot be used (missing, newer schema, not a database, a full
+    disk)."""
+
+
+@contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """A full disk (or another write failure SQLite reports) as a :class:`StoreError` naming
+    the file; SQLite rolls the transaction back, so the store keeps what it had."""
+    try:
+        yield
+    except sqlite3.OperationalError as err:
+        full = getattr(err, "sqlite_errorcode", None) == 13 or "disk is full" in str(err)
+        if not full and "disk I/O error" not in str(err):
+            raise
+        fix = "free some disk space and run again" if full else "check the disk and run again"
+        raise StoreError(f"{path}: cannot write ({err}); {fix}") from None
 
 
 @dataclass
@@ -242,27 +257,38 @@ class Store:
     @classmethod
     def create(cls, directory: str, config: dict[str, Any]) -> Store:
         """Create ``DIR/experiment.db`` holding ``config``. The file is built under a temporary
-        name and renamed, so a reader sees either no store or a complete one."""
+        name and renamed, so a reader sees either no store or a complete one; a full disk is
+        a :class:`StoreError` and leaves no file."""
         os.makedirs(directory, exist_ok=True)
         path = db_path(directory)
         if os.path.exists(path):
             raise StoreError(f"{path} already exists")
         tmp = f"{path}.tmp{os.getpid()}"
-        conn = sqlite3.connect(tmp, timeout=30)
         try:
-            _configure(conn)
-            with conn:
-                conn.executescript(_SCHEMA)
-                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-                conn.execute(
-                    "INSERT INTO config VALUES (1, ?, ?)",
-                    (json.dumps(config, sort_keys=True), time.time()),
-                )
+            with _writing(path):
+                conn = sqlite3.connect(tmp, timeout=30)
+                try:  # a rollback journal here: a full disk fails the commit, not a checkpoint
+                    with conn:
+                        conn.executescript(_SCHEMA)
+                        conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                        conn.execute(
+                            "INSERT INTO config VALUES (1, ?, ?)",
+                            (json.dumps(config, sort_keys=True), time.time()),
+                        )
+                finally:
+                    conn.close()
+                os.replace(tmp, path)
+                conn = sqlite3.connect(path, timeout=30)
+                try:
+                    _configure(conn)
+                except BaseException:  # the file is ours, seconds old: leave no half-store
+                    conn.close()
+                    os.remove(path)
+                    raise
         finally:
-            conn.close()  # checkpoints and removes the temporary file's log
-        os.replace(tmp, path)
-        conn = sqlite3.connect(path, timeout=30)
-        _configure(conn)
+            for leftover in (tmp, f"{tmp}-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(leftover)
         return cls(conn, path)
 
     def _check_integrity(self) -> None:
@@ -328,8 +354,9 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Group writes so that they commit together (or not at all)."""
-        with self.conn:
+        """Group writes so that they commit together (or not at all); a full disk is a
+        :class:`StoreError`."""
+        with _writing(self.path), self.conn:
             yield self.conn
 
     # -- config -------------------------------------------------------------------------------
@@ -345,7 +372,7 @@ class Store:
         return config
 
     def set_config(self, config: dict[str, Any]) -> None:
-        with self.conn:
+        with self.transaction():
             self.conn.execute(
                 "UPDATE config SET json = ? WHERE id = 1", (json.dumps(config, sort_keys=True),)
             )
@@ -506,7 +533,7 @@ class Store:
         return [(int(r[0]), int(r[1]), bytes(r[2])) for r in rows]
 
     def record_resume(self, state_id: int | None, digest: str | None, replayed: int) -> None:
-        with self.conn:
+        with self.transaction():
             self.conn.execute(
                 "INSERT INTO resumes (time, state_id, state_digest, replayed) VALUES (?, ?, ?, ?)",
                 (time.time(), state_id, digest, replayed),
