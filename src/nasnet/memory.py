@@ -36,7 +36,13 @@ class _OutputBytes(TorchDispatchMode):
         self.largest = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.native_batch_norm.default:
+            # its meta kernel is a Python decomposition, 80 % of the estimate's time; the
+            # outputs are the normalized input and the saved mean and inverse std
+            x, channels = args[0], args[0].shape[1]
+            out = (torch.empty_like(x), x.new_empty(channels), x.new_empty(channels))
+        else:
+            out = func(*args, **(kwargs or {}))
         if not any(r.alias_info is not None for r in func._schema.returns):
             for t in out if isinstance(out, tuple | list) else (out,):
                 if isinstance(t, torch.Tensor):
