@@ -182,6 +182,9 @@ def test_every_dataset_spec_gives_its_shape_without_loading(tmp_path) -> None:
     )
     for label in ("a", "b", "c"):
         (tmp_path / "train" / label).mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    assert check_dataset_spec(f"folder:{tmp_path}") == DatasetShape(3, 32, 2, None)  # no test/
+    (tmp_path / "val").mkdir()
     assert check_dataset_spec(f"folder:{tmp_path}") == DatasetShape(3, 32, 3, None)
     archive = tmp_path / "cifar-10-python.tar.gz"
     archive.write_bytes(np.zeros(4, np.uint8).tobytes())

@@ -188,8 +188,8 @@ def _load_folder_spec(arg: str, image_size: int | None, check_only: bool) -> _Lo
         raise DatasetError("folder needs a path: folder:PATH with one subfolder per class")
     if check_only:
         _require_class_folder(arg)
-        train = os.path.join(arg, "train")
-        classes = _class_names(train if os.path.isdir(train) else arg)
+        split = _split_folders(arg)
+        classes = _class_names(split[0] if split else arg)
         return DatasetShape(3, image_size or 32, len(classes))
     return load_folder(arg, image_size or 32)
 
@@ -530,11 +530,11 @@ def load_folder(path: str, image_size: int = 32) -> Dataset:
     """An ImageFolder-style directory: ``PATH/<class>/*.png|jpg``, optionally under
     ``PATH/train`` and ``PATH/test`` (or ``PATH/val``); images are resized to ``image_size``."""
     _require_class_folder(path)
-    test_dir = next((d for d in ("test", "val") if os.path.isdir(os.path.join(path, d))), None)
-    if os.path.isdir(os.path.join(path, "train")) and test_dir:
-        classes = _class_names(os.path.join(path, "train"))
-        x, y = _read_images(os.path.join(path, "train"), classes, image_size)
-        test_x, test_y = _read_images(os.path.join(path, test_dir), classes, image_size)
+    split = _split_folders(path)
+    if split:
+        classes = _class_names(split[0])
+        x, y = _read_images(split[0], classes, image_size)
+        test_x, test_y = _read_images(split[1], classes, image_size)
         order = _permutation(len(y))
         n_val = max(1, len(y) // 10)
         x, y = x[order], y[order]
@@ -547,6 +547,15 @@ def load_folder(path: str, image_size: int = 32) -> Dataset:
     if len(parts[0]) == 0:
         raise DatasetError(f"{path}: too few images for a train / val / test split")
     return _build(f"folder:{path}", parts, len(classes), classes=tuple(classes))
+
+
+def _split_folders(path: str) -> tuple[str, str] | None:
+    """``(PATH/train, PATH/test or PATH/val)`` where both exist, else None."""
+    test_dir = next((d for d in ("test", "val") if os.path.isdir(os.path.join(path, d))), None)
+    train_dir = os.path.join(path, "train")
+    if test_dir is None or not os.path.isdir(train_dir):
+        return None
+    return train_dir, os.path.join(path, test_dir)
 
 
 def _class_names(path: str) -> list[str]:
