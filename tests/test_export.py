@@ -1,12 +1,22 @@
+import errno
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import nasnet
+import nasnet.files
 from nasnet.cli import main
 from nasnet.export import ExportCheck, check_export, export_model, resolve_format, verify_export
+from nasnet.search import run_search
+from nasnet.search_config import SearchConfig
 from nasnet.space import SearchSpace
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @torch.no_grad()
@@ -139,3 +149,49 @@ def test_export_model_cli_refuses_a_mismatch(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert ": MISMATCH" in captured.out
     assert captured.err.strip().count("\n") == 0 and "1.00e+00" in captured.err
+
+
+def test_outputs_that_are_the_commands_own_input_are_refused(tmp_path, capsys):
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"imported weights")
+    argv = ["export-model", "nasnet_a_mobile", "--weights", str(weights), "-o", str(weights)]
+    assert main(argv) == 2
+    assert "is also the file this command reads; write elsewhere" in capsys.readouterr().err
+    assert main(["import-weights", str(weights), "--from", "cadene", "-o", str(weights)]) == 2
+    assert "is also the file this command reads" in capsys.readouterr().err
+    assert weights.read_bytes() == b"imported weights"
+
+
+@pytest.mark.parametrize("argv", [
+    ["export-model", "nasnet_a_cifar", "--image-size", "16", "--no-check", "-o", "{dir}/m.pt"],
+    ["export-model", "nasnet_a_cifar", "--image-size", "16", "--no-check", "-o", "{dir}/m.onnx"],
+    ["draw", "nasnet_a", "-o", "{dir}/cell.png"],
+])  # fmt: skip
+def test_a_full_disk_leaves_the_previous_file_intact(tmp_path, capsys, monkeypatch, argv):
+    argv = [a.format(dir=tmp_path) for a in argv]
+    output = tmp_path / os.path.basename(argv[-1])
+    output.write_bytes(b"an earlier, good file")
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nasnet.files.os, "replace", disk_full)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{output}: cannot write (No space left on device)" in err
+    assert output.read_bytes() == b"an earlier, good file"
+    assert os.listdir(tmp_path) == [output.name]
+
+
+def test_a_reader_that_goes_away_ends_show_quietly(tmp_path):
+    directory = str(tmp_path / "exp")
+    run_search(directory, SearchConfig(strategy="random", evaluator="toy", executor="inprocess",
+                                       budget=80))  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "nasnet", "show", directory, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from nasnet.files import atomic_write_bytes
 from nasnet.space import NUM_CELL_INPUTS, Cell, Genotype
 
 _COLOURS = {"state": "#d9d9d9", "op": "#fff2a8", "combine": "#b7e1a1", "output": "#c9b8e8"}
@@ -113,7 +114,9 @@ def draw_genotype(genotype: Genotype, path: str, title: str | None = None) -> st
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
         raise ValueError(f"{path}: unsupported image format; use one of {', '.join(FORMATS)}")
-    _render(genotype, path, title, ext[1:])
+    buffer = io.BytesIO()  # then one atomic write: a full disk leaves no partial image
+    _render(genotype, buffer, title, ext[1:])
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

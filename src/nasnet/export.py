@@ -7,12 +7,15 @@ model and holds the difference to ``1e-4 x max(1, |logits|)``.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from nasnet.files import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript")
 
@@ -25,18 +28,20 @@ def _example(model: nn.Module, image_size: int, batch: int = 2) -> torch.Tensor:
 def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 17) -> str:
     """Write ``model`` (eval mode) as ONNX with input ``images`` and output ``logits``."""
     model = model.eval()
+    buffer = io.BytesIO()  # then one atomic write: a full disk leaves no partial file
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about fixed spatial sizes
         torch.onnx.export(
             model,
             (_example(model, image_size),),
-            path,
+            buffer,
             input_names=["images"],
             output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -46,7 +51,9 @@ def export_torchscript(model: nn.Module, path: str, image_size: int) -> str:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(model, image_size))
-        traced.save(path)
+    buffer = io.BytesIO()  # torch.jit.save aborts the process when the disk fills
+    torch.jit.save(traced, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -15,6 +15,7 @@ process's peak resident memory over its first two steps.
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 from torch import nn
@@ -51,15 +52,60 @@ class _OutputBytes(TorchDispatchMode):
         return out
 
 
-def training_step_bytes(model: nn.Module, batch: int, image_shape: tuple[int, int, int]) -> int:
-    """Estimated peak bytes of one training step of ``model`` (built on the meta device) on
-    ``batch`` images of ``image_shape`` = ``(C, H, W)``; see the module docstring."""
+class _LiveBytes(_OutputBytes):
+    """Also tracks the bytes of new tensors alive at once, and their peak (under no_grad,
+    where nothing keeps an output once the next operations have read it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        before = self.total
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if self.total != before:
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.live += t.nbytes
+                    weakref.finalize(t, self._free, t.nbytes)
+            self.peak = max(self.peak, self.live)
+        return out
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
+def evaluation_bytes(model: nn.Module, batch: int, image_shape: tuple[int, int, int]) -> int:
+    """Estimated peak bytes of evaluating ``model`` (built on the meta device) on ``batch``
+    images of ``image_shape`` without gradients: the most bytes alive at once in its forward
+    pass, plus two copies of the parameters (the weights and an EMA)."""
+    x = _meta_input(model, batch, image_shape)
+    was_training = model.training
+    model.eval()
+    counter = _LiveBytes()
+    try:
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.peak + 2 * sum(p.nbytes for p in model.parameters())
+
+
+def _meta_input(model: nn.Module, batch: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
     param = next(model.parameters())
     if param.device.type != "meta":
-        raise ValueError("training_step_bytes: build the model on the meta device")
+        raise ValueError("memory estimates need the model built on the meta device")
     x = torch.empty(batch, *image_shape, device="meta")
     if param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def training_step_bytes(model: nn.Module, batch: int, image_shape: tuple[int, int, int]) -> int:
+    """Estimated peak bytes of one training step of ``model`` (built on the meta device) on
+    ``batch`` images of ``image_shape`` = ``(C, H, W)``; see the module docstring."""
+    x = _meta_input(model, batch, image_shape)
     was_training = model.training
     model.train()
     counter = _OutputBytes()
@@ -100,22 +146,46 @@ def _meminfo_available() -> int | None:
 
 
 def _cgroup_headroom() -> int | None:
-    """The cgroup's memory limit minus its usage (v2, then v1); None without a limit."""
-    v1 = "/sys/fs/cgroup/memory/memory."
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (v1 + "limit_in_bytes", v1 + "usage_in_bytes"),
-    ):
+    """The least ``limit - usage`` over this process's memory cgroup and its ancestors (a
+    container's, a Slurm job's or a ``systemd-run -p MemoryMax`` limit); None without one."""
+    headroom = []
+    for folder, limit_name, usage_name in _own_cgroups():
         try:
-            with open(limit_file, encoding="ascii") as fh:
+            with open(os.path.join(folder, limit_name), encoding="ascii") as fh:
                 limit = fh.read().strip()
-            with open(usage_file, encoding="ascii") as fh:
+            with open(os.path.join(folder, usage_name), encoding="ascii") as fh:
                 usage = int(fh.read().strip())
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 2**60:  # v1 reports "no limit" as a huge number
-            return max(int(limit) - usage, 0)
-    return None
+            headroom.append(max(int(limit) - usage, 0))
+    return min(headroom) if headroom else None
+
+
+def _own_cgroups(listing: str | None = None) -> list[tuple[str, str, str]]:
+    """``(folder, limit file, usage file)`` of this process's memory cgroup and each of its
+    ancestors, from ``listing`` (default: ``/proc/self/cgroup``; cgroup v2 and v1)."""
+    if listing is None:
+        try:
+            with open("/proc/self/cgroup", encoding="utf-8") as fh:
+                listing = fh.read()
+        except OSError:
+            return []
+    found = []
+    for line in listing.splitlines():
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if controllers == "":
+            base, names = "/sys/fs/cgroup", ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            base, names = (
+                "/sys/fs/cgroup/memory",
+                ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+            )
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        found += [(os.path.join(base, *parts[:i]), *names) for i in range(len(parts), -1, -1)]
+    return found
 
 
 def _physical_bytes() -> int | None:

@@ -29,7 +29,7 @@ from nasnet.data import MAX_IMAGE_SIZE, Augment, Dataset, DatasetShape, load_dat
 from nasnet.files import atomic_torch_save, atomic_write_text, json_safe
 from nasnet.genotypes import resolve_genotype
 from nasnet.lock import TRAIN_LOCK_NAME
-from nasnet.memory import available_bytes, gib, training_step_bytes
+from nasnet.memory import available_bytes, evaluation_bytes, gib, training_step_bytes
 from nasnet.options import OptionError, check_finite, require
 from nasnet.runtime import (
     numpy_rng_state,
@@ -139,8 +139,9 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`~nasnet.options.OptionError` naming the first out-of-range field."""
-        for name in ("cells", "filters", "epochs", "batch_size", "eval_batch_size"):
+        for name in ("cells", "filters", "epochs", "eval_batch_size"):
             _check_int(self, name, 1, MAX_COUNT)
+        _check_int(self, "batch_size", 2, MAX_COUNT)  # BatchNorm trains on batch statistics
         check_finite(self, "lr", 0, low_open=True)
         check_finite(self, "momentum", 0, 1)
         check_finite(self, "weight_decay", 0, 1)
@@ -202,12 +203,26 @@ def build_model(genotype: Genotype, config: TrainConfig, data: Dataset | Dataset
     return model
 
 
+def check_can_start(
+    genotype: Genotype, config: TrainConfig, data: Dataset, check_memory: bool = True
+) -> None:
+    """Raise :class:`OptionError` if a run of ``config`` on ``data`` cannot start: fewer than
+    two training images (BatchNorm trains on batch statistics) or, unless ``check_memory`` is
+    off, not enough memory (:func:`check_training_memory`)."""
+    images = len(data.train_y)
+    require(images >= 2, "dataset", f"{images} training image: BatchNorm trains on batches of "
+            "at least 2; give it more images")  # fmt: skip
+    if check_memory:
+        check_training_memory(genotype, config, data)
+
+
 def check_training_memory(
     genotype: Genotype, config: TrainConfig, data: Dataset | DatasetShape, runs: int = 1
 ) -> None:
-    """Raise :class:`OptionError` on ``batch_size`` when ``runs`` trainings of ``genotype`` on
-    ``data`` at once would need more memory than ``config.device`` has free; the estimate is
-    :func:`nasnet.memory.training_step_bytes`."""
+    """Raise :class:`OptionError` on ``batch_size`` (or ``eval_batch_size``) when ``runs``
+    trainings of ``genotype`` on ``data`` at once would need more memory than ``config.device``
+    has free, in a training step or in an evaluation; the estimates are
+    :func:`nasnet.memory.training_step_bytes` and :func:`~nasnet.memory.evaluation_bytes`."""
     available = available_bytes(resolve_device(config.device))
     if available is None:
         return
@@ -216,15 +231,22 @@ def check_training_memory(
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = build_model(genotype, config, shape)
     image = (shape.channels, shape.image_size, shape.image_size)
-    each = training_step_bytes(model, batch, image)
-    if runs * each > available:
-        what = f"{runs} runs at once need" if runs > 1 else "it needs"
-        raise OptionError(
-            "batch_size",
-            f"training at batch {batch} on {'x'.join(map(str, image))} images, {what} about "
-            f"{gib(runs * each)} of memory, more than the {gib(available)} available; lower "
-            "the batch size" + (" or the image size" if shape.image_size > 32 else ""),
-        )
+    train_each = training_step_bytes(model, batch, image)
+    eval_each = evaluation_bytes(model, config.eval_batch_size, image)
+    if runs * max(train_each, eval_each) <= available:
+        return
+    field, doing, batch = (
+        ("batch_size", "training", batch) if train_each >= eval_each
+        else ("eval_batch_size", "evaluating", config.eval_batch_size)
+    )  # fmt: skip
+    what = f"{runs} runs at once need" if runs > 1 else "it needs"
+    need = runs * max(train_each, eval_each)
+    raise OptionError(
+        field,
+        f"{doing} at batch {batch} on {'x'.join(map(str, image))} images, {what} about "
+        f"{gib(need)} of memory, more than the {gib(available)} available; lower "
+        "it" + (" or the image size" if shape.image_size > 32 else ""),
+    )
 
 
 class EMA:
@@ -543,8 +565,7 @@ def _prepare(
     if out_dir:
         check_out_dir(out_dir, config)
     data = dataset if dataset is not None else load_dataset(config.dataset, config.image_size)
-    if check_memory:
-        check_training_memory(genotype, config, data)
+    check_can_start(genotype, config, data, check_memory)
     if out_dir:  # only now: a run that cannot start leaves no config behind to block a fix
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(os.path.join(out_dir, CONFIG_FILE), config.to_json())

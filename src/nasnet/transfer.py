@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nasnet.data import check_dataset_spec
 from nasnet.files import FileFormatError, atomic_write_json, read_json
 from nasnet.space import Genotype, load_genotype
-from nasnet.train import TrainConfig, changed_fields, train
+from nasnet.train import TrainConfig, changed_fields, check_training_memory, train
 
 TRANSFER_FILE = "transfer.json"
 LINEAGE_FILE = "lineage.json"
@@ -121,9 +122,14 @@ def run_transfer(
     ``progress(rank, source, event)`` receives the trainer's progress events. ``transfer.json``
     and the search's pointer to it are written before the first run starts, with every run
     ``pending``, so that an interrupted transfer is still one (``nasnet show`` lists it).
+    A cell whose run would not fit in memory is an :class:`~nasnet.options.OptionError`
+    before anything is written.
     """
-    os.makedirs(out_dir, exist_ok=True)
     _check_previous(out_dir, sources, config)
+    shape = check_dataset_spec(config.dataset, config.image_size)
+    for source in sources:
+        check_training_memory(source.genotype, config, shape)
+    os.makedirs(out_dir, exist_ok=True)
     runs = [(rank, source, os.path.join(out_dir, run_dir_name(rank, source)))
             for rank, source in enumerate(sources, start=1)]  # fmt: skip
     rows = [_row(rank, source, run_dir, {"status": PENDING}) for rank, source, run_dir in runs]
@@ -135,7 +141,9 @@ def run_transfer(
         atomic_write_json(os.path.join(run_dir, LINEAGE_FILE), source.lineage())
         run_config = dataclasses.replace(config, genotype=source.genotype.to_dict())
         callback = None if progress is None else (lambda e, r=rank, s=source: progress(r, s, e))
-        result = train(source.genotype, run_config, out_dir=run_dir, progress=callback)
+        result = train(
+            source.genotype, run_config, out_dir=run_dir, progress=callback, check_memory=False
+        )  # checked above
         rows[rank - 1] = _row(rank, source, run_dir, result)
         _write_summary(out_dir, sources, config, rows)
     return rows

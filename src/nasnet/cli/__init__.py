@@ -28,11 +28,16 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 
-def check_output_file(path: str, own_files: tuple[str, ...] = ()) -> None:
-    """Refuse, in one line, an output file that cannot be written or that is one of
-    ``own_files`` (the input run's own files, which writing would destroy)."""
+def check_output_file(
+    path: str, own_files: tuple[str, ...] = (), inputs: tuple[str, ...] = ()
+) -> None:
+    """Refuse, in one line, an output file that cannot be written, that is one of
+    ``own_files`` (the input run's own files) or one of ``inputs`` (files the command reads):
+    writing would destroy them."""
     if any(os.path.realpath(path) == os.path.realpath(own) for own in own_files):
         raise UserError(f"{path}: is the run's own {os.path.basename(path)}; write elsewhere")
+    if any(os.path.realpath(path) == os.path.realpath(given) for given in inputs):
+        raise UserError(f"{path}: is also the file this command reads; write elsewhere")
     if os.path.isdir(path):
         raise UserError(f"{path}: is a directory; give a file name")
     folder = os.path.dirname(path) or "."
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.command, f"{flag_of(err.field)}: {err.problem}")
     except (UserError, GenotypeError, FileNotFoundError) as err:
         return _fail(args.command, str(err))
+    except BrokenPipeError:  # the reader went away (`nasnet show --json | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Terminated:
         print(f"nasnet {args.command}: terminated; run the same command again to resume",
               file=sys.stderr)  # fmt: skip

@@ -92,7 +92,8 @@ def run_export(args: argparse.Namespace) -> int:
     if args.image_size is not None and not 4 <= args.image_size <= MAX_IMAGE_SIZE:
         raise UserError(f"--image-size: must be in [4, {MAX_IMAGE_SIZE}], got {args.image_size}")
     run_files = RUN_FILES if os.path.isdir(args.run) else ()
-    check_output_file(args.output, tuple(os.path.join(args.run, name) for name in run_files))
+    weights = (args.weights,) if args.weights else ()
+    check_output_file(args.output, tuple(os.path.join(args.run, n) for n in run_files), weights)
     try:
         fmt = resolve_format(args.output, args.format)
     except ValueError as err:
@@ -118,6 +119,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    check_output_file(args.output, inputs=(args.file,))
     try:
         name, model = import_weights(args.file, args.source, args.model, args.num_classes)
     except PresetInferenceError as err:

@@ -20,8 +20,8 @@ from nasnet.store import DB_NAME
 from nasnet.train import (
     CONFIG_FILE,
     TrainConfig,
+    check_can_start,
     check_out_dir,
-    check_training_memory,
     evaluate_run,
     resolve_device,
     resolve_genotype,
@@ -36,6 +36,11 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
     "--filters": ("filters", int, "F, filters of the first stage"),
     "--epochs": ("epochs", int, "training epochs"),
     "--batch-size": ("batch_size", int, "training batch size"),
+    "--eval-batch-size": (
+        "eval_batch_size",
+        int,
+        "evaluation batch size (results do not depend on it; may change when a run resumes)",
+    ),
     "--lr": ("lr", float, "initial learning rate (cosine decay to 0)"),
     "--momentum": ("momentum", float, "SGD momentum"),
     "--weight-decay": ("weight_decay", float, "L2 weight decay"),
@@ -147,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
         check_out_dir(args.out, config)
         resolve_device(config.device)
         data = load_dataset(config.dataset, config.image_size)
-        check_training_memory(genotype, config, data)
+        check_can_start(genotype, config, data)
     except (GenotypeError, OptionError):
         raise
     except (DatasetError, ValueError) as err:
