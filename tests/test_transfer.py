@@ -107,3 +107,16 @@ def test_transfer_errors_are_one_line(tmp_path, capsys):
     assert main(["transfer", str(tmp_path), "--top", "1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no search experiment" in err
+
+
+def test_one_transfer_at_a_time_works_in_a_folder(tmp_path, capsys):
+    from nasnet.lock import TRANSFER_BUSY, TRANSFER_LOCK_NAME, ExperimentLock
+
+    source = tmp_path / "cell.json"
+    source.write_text(NASNET_A.to_json())
+    out = tmp_path / "transfer"
+    with ExperimentLock(str(out), TRANSFER_LOCK_NAME, TRANSFER_BUSY):  # as a first one holds it
+        assert main(["transfer", str(source), *TRAIN, "--out", str(out), "--quiet"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the transfer's banner
+    assert "error:" in error and "another 'nasnet transfer' is running in this folder" in error
+    assert not (out / "transfer.json").exists()

@@ -24,6 +24,9 @@ SEARCH_BUSY = "another search is running on this experiment"
 #: ``nasnet train``'s lock on its run folder, and what a second one is told.
 TRAIN_LOCK_NAME = "train.lock"
 TRAIN_BUSY = "another 'nasnet train' is running in this folder"
+#: ``nasnet transfer``'s lock on its output folder.
+TRANSFER_LOCK_NAME = "transfer.lock"
+TRANSFER_BUSY = "another 'nasnet transfer' is running in this folder"
 
 
 class ExperimentLocked(RuntimeError):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from nasnet.data import check_dataset_spec
 from nasnet.files import FileFormatError, atomic_write_json, read_json
+from nasnet.lock import TRANSFER_BUSY, TRANSFER_LOCK_NAME, ExperimentLock
 from nasnet.space import Genotype, load_genotype
 from nasnet.train import TrainConfig, changed_fields, check_training_memory, train
 
@@ -123,13 +124,23 @@ def run_transfer(
     and the search's pointer to it are written before the first run starts, with every run
     ``pending``, so that an interrupted transfer is still one (``nasnet show`` lists it).
     A cell whose run would not fit in memory is an :class:`~nasnet.options.OptionError`
-    before anything is written.
+    before anything is written. One transfer at a time works in ``out_dir``
+    (``transfer.lock``; a second is :class:`~nasnet.lock.ExperimentLocked`).
     """
-    _check_previous(out_dir, sources, config)
     shape = check_dataset_spec(config.dataset, config.image_size)
     for source in sources:
         check_training_memory(source.genotype, config, shape)
-    os.makedirs(out_dir, exist_ok=True)
+    with ExperimentLock(out_dir, TRANSFER_LOCK_NAME, TRANSFER_BUSY):
+        _check_previous(out_dir, sources, config)
+        return _transfer_runs(sources, config, out_dir, progress)
+
+
+def _transfer_runs(
+    sources: list[Source],
+    config: TrainConfig,
+    out_dir: str,
+    progress: Callable[[int, Source, dict], None] | None,
+) -> list[dict]:
     runs = [(rank, source, os.path.join(out_dir, run_dir_name(rank, source)))
             for rank, source in enumerate(sources, start=1)]  # fmt: skip
     rows = [_row(rank, source, run_dir, {"status": PENDING}) for rank, source, run_dir in runs]

@@ -10,6 +10,8 @@ from rich.console import Console
 from nasnet.cli import UserError
 from nasnet.cli.train import ProgressBar, add_training_options, flag_of, training_values
 from nasnet.data import DatasetError
+from nasnet.files import DirectoryError
+from nasnet.lock import ExperimentLocked
 from nasnet.store import StoreError
 from nasnet.train import TrainConfig
 from nasnet.transfer import TransferError, resolve_sources, run_transfer
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         rows = run_transfer(sources, config, args.out, progress)
-    except (TransferError, DatasetError) as err:
+    except (TransferError, DatasetError, ExperimentLocked, DirectoryError) as err:
         raise UserError(str(err)) from None
     finally:
         close_bar()
