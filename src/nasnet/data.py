@@ -212,21 +212,24 @@ def _load_synthetic_spec(arg: str, image_size: int | None, check_only: bool) -> 
         options[key] = int(value)
     if image_size is not None:
         options.setdefault("size", image_size)
+    defaults = inspect.signature(make_synthetic).parameters
+    options = {key: options.get(key, p.default) for key, p in defaults.items()}
     _check_synthetic_size(options)
     if check_only:
-        defaults = inspect.signature(make_synthetic).parameters
-        value = {k: options.get(k, p.default) for k, p in defaults.items()}
-        return DatasetShape(value["channels"], value["size"], value["classes"], value["train"])
+        return DatasetShape(
+            options["channels"], options["size"], options["classes"], options["train"]
+        )
     return make_synthetic(**options)
 
 
 def _check_synthetic_size(options: dict[str, int]) -> None:
-    """Refuse sizes that would allocate absurd amounts of memory."""
-    n = sum(options.get(k, d) for k, d in (("train", 512), ("val", 128), ("test", 128)))
-    pixels = n * options.get("channels", 3) * options.get("size", 32) ** 2
-    if options.get("size", 32) > MAX_IMAGE_SIZE or pixels > MAX_SYNTHETIC_BYTES:
+    """Refuse sizes that would allocate absurd amounts of memory (``options``: every
+    argument of :func:`make_synthetic`)."""
+    n = options["train"] + options["val"] + options["test"]
+    pixels = n * options["channels"] * options["size"] ** 2
+    if options["size"] > MAX_IMAGE_SIZE or pixels > MAX_SYNTHETIC_BYTES:
         raise DatasetError(
-            f"synthetic: {n} images of side {options.get('size', 32)} need "
+            f"synthetic: {n} images of side {options['size']} need "
             f"{pixels / 2**30:.1f} GiB; keep it under {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB "
             f"and the side at most {MAX_IMAGE_SIZE}"
         )

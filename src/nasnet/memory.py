@@ -47,9 +47,12 @@ class _OutputBytes(TorchDispatchMode):
         if not any(r.alias_info is not None for r in func._schema.returns):
             for t in out if isinstance(out, tuple | list) else (out,):
                 if isinstance(t, torch.Tensor):
-                    self.total += t.nbytes
-                    self.largest = max(self.largest, t.nbytes)
+                    self._allocated(t)
         return out
+
+    def _allocated(self, t: torch.Tensor) -> None:
+        self.total += t.nbytes
+        self.largest = max(self.largest, t.nbytes)
 
 
 class _LiveBytes(_OutputBytes):
@@ -61,16 +64,11 @@ class _LiveBytes(_OutputBytes):
         self.live = 0
         self.peak = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        before = self.total
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        if self.total != before:
-            for t in out if isinstance(out, tuple | list) else (out,):
-                if isinstance(t, torch.Tensor):
-                    self.live += t.nbytes
-                    weakref.finalize(t, self._free, t.nbytes)
-            self.peak = max(self.peak, self.live)
-        return out
+    def _allocated(self, t: torch.Tensor) -> None:
+        super()._allocated(t)
+        self.live += t.nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(t, self._free, t.nbytes)
 
     def _free(self, nbytes: int) -> None:
         self.live -= nbytes
@@ -129,9 +127,7 @@ def available_bytes(device: torch.device | str = "cpu") -> int | None:
     if device.type != "cpu":
         return None
     known = [b for b in (_meminfo_available(), _cgroup_headroom()) if b is not None]
-    if not known:
-        known = [b for b in (_physical_bytes(),) if b is not None]
-    return min(known) if known else None
+    return min(known) if known else _physical_bytes()
 
 
 def _meminfo_available() -> int | None:
