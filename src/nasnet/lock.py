@@ -1,5 +1,6 @@
 """One driver per experiment: an exclusive lock on ``DIR/experiment.lock`` (and one
-``nasnet train`` per run folder: ``DIR/train.lock``).
+``nasnet train`` per run folder, ``DIR/train.lock``, and one ``nasnet transfer`` per output
+folder, ``OUT/transfer.lock``).
 
 The lock is an operating-system file lock (``flock`` on POSIX, ``msvcrt.locking`` on
 Windows), so it is released by the kernel whenever its holder ends, SIGKILL and power loss
@@ -116,4 +117,10 @@ except ImportError:  # pragma: no cover - Windows
         msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-__all__ = ["LOCK_NAME", "TRAIN_LOCK_NAME", "ExperimentLock", "ExperimentLocked"]
+__all__ = [
+    "LOCK_NAME",
+    "TRAIN_LOCK_NAME",
+    "TRANSFER_LOCK_NAME",
+    "ExperimentLock",
+    "ExperimentLocked",
+]
