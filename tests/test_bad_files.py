@@ -284,3 +284,10 @@ def test_library_raises_value_errors_naming_the_file(files):
             with pytest.raises(ValueError, match="^" + re.escape(files[case])):
                 load(files[case])
     assert not os.path.exists(Payload.marker)
+
+
+def test_a_weight_file_holding_a_number_names_its_type(tmp_path):
+    path = str(tmp_path / "number.pth")
+    torch.save(5, path)
+    with pytest.raises(WeightFileError, match=f"^{re.escape(path)}: holds an int, not "):
+        load_state_dict_file(path)

@@ -52,3 +52,12 @@ def test_registry_lists_presets_and_overrides():
     assert model.num_classes == 100 and model.config.cells == 1
     with pytest.raises(ValueError, match="unknown model"):
         nasnet.create_model("resnet50")
+
+
+def test_an_interrupted_command_that_does_not_resume_says_only_that(capsys, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nasnet.cli.info._print", interrupt)
+    assert main(["info", "nasnet_a_cifar"]) == 130
+    assert capsys.readouterr().err == "nasnet info: interrupted\n"

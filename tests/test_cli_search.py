@@ -221,3 +221,16 @@ def test_small_real_search_on_digits(tmp_path, capsys) -> None:
         assert "test_accuracy" not in trial  # the search never looks at the test split
         assert trial["worker"].startswith("local:")
     assert summary["best_reward"] > 0.1  # better than chance on 10 classes
+
+
+def test_search_help_lists_every_strategy_evaluator_and_executor():
+    from nasnet.cli import build_parser
+    from nasnet.evaluators import EVALUATORS
+    from nasnet.executors import executor_names
+    from nasnet.strategies import STRATEGIES
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    helps = {a.option_strings[0]: a.help for a in subparsers.choices["search"]._actions if a.help}
+    for flag, names in (("--strategy", STRATEGIES), ("--evaluator", EVALUATORS),
+                        ("--executor", executor_names())):  # fmt: skip
+        assert all(name in helps[flag] for name in names), (flag, helps[flag])

@@ -31,6 +31,18 @@ def calibrated(model, size):
     return model.eval()
 
 
+def test_torchscript_leaves_the_aux_head_out_and_the_model_keeps_it(tmp_path):
+    model = nasnet.build_network(nasnet.NASNET_A, cells=1, filters=8, auxiliary=True)
+    model = calibrated(model, 32)
+    path = str(tmp_path / "m.pt")
+    export_model(model, path, "torchscript", 32)
+    exported = sum(p.numel() for p in torch.jit.load(path).parameters())
+    aux = sum(p.numel() for p in model.aux_head.parameters())
+    assert aux > 0 and exported == sum(p.numel() for p in model.parameters()) - aux
+    assert model.aux_head is not None and "aux_head.classifier.weight" in model.state_dict()
+    assert check_export(model, path, "torchscript", 32) <= 1e-4
+
+
 @pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "pt")])
 def test_mobile_exports_match(tmp_path, fmt, suffix):
     model = calibrated(nasnet.create_model("nasnet_a_mobile"), 224)
@@ -179,7 +191,10 @@ def test_a_full_disk_leaves_the_previous_file_intact(tmp_path, capsys, monkeypat
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{output}: cannot write (No space left on device)" in err
+    assert err.count("\n") == 1
+    assert err.endswith(
+        f"{output}: cannot write (No space left on device); free some disk space and run again\n"
+    )
     assert output.read_bytes() == b"an earlier, good file"
     assert os.listdir(tmp_path) == [output.name]
 

@@ -51,17 +51,27 @@ def test_transfer_retrains_top_cells_with_lineage(digits_search, tmp_path, capsy
     text = capsys.readouterr().out
     assert "transfer to digits" in text and f"lineage: from {digits_search}" in text
     assert summary["runs"][0]["hash"][:8] in text
+    monkeypatch.delenv("COLUMNS")  # piped output is never cut to 80 columns
+    assert main(["show", out]) == 0
+    text = capsys.readouterr().out
+    assert "…" not in text and all(run["run"] in text for run in summary["runs"])
 
-    # other training options on the same folder are refused, naming them
+    # other training options on the same folder are refused, naming the flag and both values
     changed = [*TRAIN[:-4], "--batch-size", "64", "--threads", "1"]
     assert main(["transfer", digits_search, "--top", "2", *changed, "--out", out, "--quiet"]) == 2
-    assert "holds a transfer with other batch_size" in capsys.readouterr().err
-    assert main(["transfer", digits_search, "--genotype", "nasnet_a", "--out", out]) == 2
-    assert "--genotype: transfer retrains the cells of its source" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size:" in err and "with 128, not 64" in err
+    assert main(["transfer", digits_search, "--top", "1", "--out", out, "--quiet"]) == 2
+    assert "holds a transfer of 2 cells, not 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):  # a usage error: transfer has no --genotype
+        main(["transfer", digits_search, "--genotype", "nasnet_a", "--out", out])
+    assert "unrecognized arguments: --genotype" in capsys.readouterr().err
 
-    # rerunning resumes: nothing is trained again
-    assert main(["transfer", digits_search, "--top", "2", *TRAIN, "--out", out, "--quiet"]) == 0
+    # rerunning resumes, the options and --top left out taken from the saved transfer: nothing
+    # is trained again, and the summary keeps both runs
+    assert main(["transfer", digits_search, "--out", out, "--quiet"]) == 0
     again = json.loads((tmp_path / "transfer" / "transfer.json").read_text())
+    assert again["config"] == summary["config"]
     assert [r["val_accuracy"] for r in again["runs"]] == [
         r["val_accuracy"] for r in summary["runs"]
     ]
@@ -101,6 +111,37 @@ def test_transfer_accepts_a_genotype_file(tmp_path):
     assert len(sources) == 1 and sources[0].genotype == NASNET_A and sources[0].trial_id is None
 
 
+def test_transfer_accepts_a_genotype_name(tmp_path):
+    (source,) = resolve_sources("nasnet_a", 2)
+    assert source.genotype == NASNET_A and source.origin == "nasnet_a"
+    with pytest.raises(TransferError, match="not a known genotype name"):
+        resolve_sources("nasnet_b", 2)
+
+
+@pytest.mark.parametrize("text", ["garbage", "[]", '{"config": {"epochs": -1}, "hashes": []}'])
+def test_a_damaged_transfer_summary_is_one_line_for_show_and_transfer(tmp_path, capsys, text):
+    out = tmp_path / "transfer"
+    out.mkdir()
+    (out / "transfer.json").write_text(text)
+    assert main(["show", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "transfer.json" in err and "Traceback" not in err
+    assert main(["transfer", "nasnet_a", *TRAIN, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "transfer.json" in err
+    assert (out / "transfer.json").read_text() == text  # left for the user to look at
+
+
+def test_an_interrupted_transfer_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nasnet.cli.transfer.run_transfer", interrupt)
+    assert main(["transfer", "nasnet_a", *TRAIN, "--out", str(tmp_path / "t"), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert err == "nasnet transfer: interrupted; run the same command again to resume\n"
+
+
 def test_transfer_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(TransferError, match="no such"):
         resolve_sources(str(tmp_path / "missing"), 2)
@@ -117,6 +158,7 @@ def test_one_transfer_at_a_time_works_in_a_folder(tmp_path, capsys):
     out = tmp_path / "transfer"
     with ExperimentLock(str(out), TRANSFER_LOCK_NAME, TRANSFER_BUSY):  # as a first one holds it
         assert main(["transfer", str(source), *TRAIN, "--out", str(out), "--quiet"]) == 2
-    error = capsys.readouterr().err.splitlines()[-1]  # after the transfer's banner
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1  # the banner waits for every check
     assert "error:" in error and "another 'nasnet transfer' is running in this folder" in error
     assert not (out / "transfer.json").exists()

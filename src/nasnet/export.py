@@ -7,6 +7,7 @@ model and holds the difference to ``1e-4 x max(1, |logits|)``.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
@@ -46,8 +47,8 @@ def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 17) -
 
 
 def export_torchscript(model: nn.Module, path: str, image_size: int) -> str:
-    """Trace ``model`` (eval mode) to TorchScript and save it."""
-    model = model.eval()
+    """Trace ``model`` (eval mode) to TorchScript and save it, without the aux head."""
+    model = _without_aux_head(model.eval())
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(model, image_size))
@@ -55,6 +56,18 @@ def export_torchscript(model: nn.Module, path: str, image_size: int) -> str:
     torch.jit.save(traced, buffer)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def _without_aux_head(model: nn.Module) -> nn.Module:
+    """``model`` without its auxiliary head, which only training uses: a shallow copy sharing
+    every other module and weight (a traced module keeps every submodule's parameters, used or
+    not; an ONNX export already leaves unused ones out)."""
+    if getattr(model, "aux_head", None) is None:
+        return model
+    inference = copy.copy(model)
+    inference._modules = dict(model._modules)  # its own table: ``model`` keeps its aux head
+    inference.aux_head = None
+    return inference
 
 
 #: File extensions of each format (the first is the usual one).

@@ -302,15 +302,20 @@ def _state_dict_in(data: object, path: str) -> dict:
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not data:
-        kind = "an empty dict" if isinstance(data, dict) else f"a {type(data).__name__}"
+        kind = "an empty dict" if isinstance(data, dict) else _a(type(data).__name__)
         raise WeightFileError(f"{path}: holds {kind}, not {_STATE_DICT}; {_STATE_DICT_FIX}")
     for key, value in data.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise WeightFileError(
-                f"{path}: entry {key!r} holds a {type(value).__name__}, not a tensor: "
+                f"{path}: entry {key!r} holds {_a(type(value).__name__)}, not a tensor: "
                 f"not {_STATE_DICT}; {_STATE_DICT_FIX}"
             )
     return data
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: "an int", "a list"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def save_imported(model: NASNet, name: str, path: str) -> str:
@@ -382,7 +387,7 @@ def state_dict_mismatch(expected: dict, given: dict, ignore: tuple[str, ...] = (
         return "; ".join(parts)
     for key, value in given.items():
         if not isinstance(value, torch.Tensor):
-            return f"{key} is a {type(value).__name__}, not a tensor"
+            return f"{key} is {_a(type(value).__name__)}, not a tensor"
         if value.shape != expected[key].shape:
             return (
                 f"{key} has shape {tuple(value.shape)} in the file, "

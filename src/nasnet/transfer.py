@@ -10,6 +10,7 @@ finished runs are kept and an interrupted one continues from its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 
 from nasnet.data import check_dataset_spec
 from nasnet.files import FileFormatError, atomic_write_json, read_json
+from nasnet.genotypes import GENOTYPES
 from nasnet.lock import TRANSFER_BUSY, TRANSFER_LOCK_NAME, ExperimentLock
+from nasnet.options import OptionError
 from nasnet.space import Genotype, load_genotype
 from nasnet.train import TrainConfig, changed_fields, check_training_memory, train
 
@@ -99,12 +102,18 @@ def sources_from_file(path: str, top: int | None = None) -> list[Source]:
 
 
 def resolve_sources(source: str, top: int) -> list[Source]:
-    """A search directory or a genotype / export file -> the cells to retrain."""
+    """A search directory, a genotype / export file or a known genotype name (``nasnet_a``)
+    -> the cells to retrain."""
     if os.path.isdir(source):
         return sources_from_search(source, top)
     if os.path.exists(source):
         return sources_from_file(source, top)
-    raise TransferError(f"{source}: no such search directory or genotype file")
+    if source in GENOTYPES:
+        return [Source(GENOTYPES[source], origin=source)]
+    raise TransferError(
+        f"{source}: no such search directory or genotype file, and not a known genotype "
+        f"name ({', '.join(GENOTYPES)})"
+    )
 
 
 def run_dir_name(rank: int, source: Source) -> str:
@@ -172,19 +181,30 @@ def _row(rank: int, source: Source, run_dir: str, result: dict) -> dict:
 
 
 def _check_previous(out_dir: str, sources: list[Source], config: TrainConfig) -> None:
-    path = os.path.join(out_dir, TRANSFER_FILE)
-    if not os.path.exists(path):
+    """A transfer already in ``out_dir`` must be of the same cells (all of them: fewer would
+    drop runs from its summary) with the same options (but those a run may change on resume)."""
+    previous = previous_transfer(out_dir)
+    if previous is None:
         return
-    previous = read_transfer(out_dir)
     hashes = [s.hash for s in sources]
-    if previous["hashes"][: len(hashes)] != hashes:
-        raise TransferError(f"{out_dir}: holds a transfer of other cells; choose another --out")
-    saved = TrainConfig.from_dict(previous["config"]).to_dict()
-    changed = changed_fields(saved, config.to_dict(), frozenset({"threads"}))
-    if changed:
+    if previous["hashes"] != hashes:
+        detail = "other cells" if previous["hashes"][: len(hashes)] != hashes else (
+            f"{len(previous['hashes'])} cells, not {len(hashes)}"
+        )  # fmt: skip
         raise TransferError(
-            f"{out_dir}: holds a transfer with other {', '.join(changed)}; rerun with the same "
-            "options to resume, or choose another --out"
+            f"{out_dir}: holds a transfer of {detail}; rerun with its source and --top to "
+            "resume, or choose another --out"
+        )
+    saved = previous["config"]
+    new = config.to_dict()
+    changed = changed_fields(saved, new)
+    if changed:
+        field, more = changed[0], len(changed) - 1
+        others = f" (and {more} other option{'s' if more > 1 else ''})" if more else ""
+        raise OptionError(
+            field,
+            f"{out_dir} holds a transfer with {saved.get(field)!r}, not {new[field]!r}{others}; "
+            "leave the option out to resume with the saved value, or choose another --out",
         )
 
 
@@ -211,13 +231,39 @@ def _add_pointer(experiment: str, out_dir: str) -> None:
 
 
 def read_transfer(out_dir: str) -> dict:
-    """The ``transfer.json`` summary of a transfer directory."""
-    with open(os.path.join(out_dir, TRANSFER_FILE), encoding="utf-8") as fh:
-        return json.load(fh)
+    """The ``transfer.json`` summary of a transfer directory (``config``: the saved
+    :class:`~nasnet.train.TrainConfig` as a dict, ``hashes``: the cells, ``runs``: one row per
+    cell); :class:`TransferError` naming the file if it is unreadable or not such a summary."""
+    path = os.path.join(out_dir, TRANSFER_FILE)
+    try:
+        summary = read_json(path, "nasnet transfer summary")
+        if not isinstance(summary, dict):
+            raise TypeError(f"holds a {type(summary).__name__}")
+        config = TrainConfig.from_dict(summary["config"])
+        config.check()
+        if not isinstance(summary["hashes"], list) or not isinstance(summary["runs"], list):
+            raise TypeError("'hashes' and 'runs' must be lists")
+    except FileFormatError as err:
+        raise TransferError(str(err)) from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise TransferError(
+            f"{path}: not a nasnet transfer summary ({err}); move it away or choose another --out"
+        ) from None
+    summary["config"] = config.to_dict()
+    return summary
+
+
+def previous_transfer(out_dir: str) -> dict | None:
+    """The summary of the transfer already in ``out_dir`` (:func:`read_transfer`), or None.
+
+    A rerun resumes it: its ``config`` and its number of cells are the defaults of a rerun
+    (``nasnet transfer`` takes every option not given from there)."""
+    return read_transfer(out_dir) if is_transfer_dir(out_dir) else None
 
 
 def transfers_of(experiment: str) -> list[dict]:
-    """Summaries of the transfers made from a search directory (those still on disk)."""
+    """Summaries of the transfers made from a search directory (those still on disk; one
+    whose summary is unreadable is left out, ``nasnet show`` on its own folder says why)."""
     path = os.path.join(experiment, POINTER_FILE)
     if not os.path.exists(path):
         return []
@@ -225,8 +271,9 @@ def transfers_of(experiment: str) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             target = json.loads(line)["transfer"] if line.strip() else None
-            if target and os.path.exists(os.path.join(target, TRANSFER_FILE)):
-                found.append({"transfer": target, **read_transfer(target)})
+            if target and is_transfer_dir(target):
+                with contextlib.suppress(TransferError):
+                    found.append({"transfer": target, **read_transfer(target)})
     return found
 
 

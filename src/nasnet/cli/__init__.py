@@ -3,8 +3,9 @@ exposes ``register(subparsers)``.
 
 Exit codes: 0 success; 1 a child or transfer run failed (training diverged); 2 a problem with
 the input (bad option, unreadable file, busy experiment): one line on stderr; 130 interrupted
-(Ctrl-C); 143 terminated (SIGTERM). Interrupted and terminated searches and training runs stop
-cleanly and resume when run again.
+(Ctrl-C); 143 terminated (SIGTERM); 141 the reader of stdout went away. Interrupted and
+terminated searches, training runs and transfers stop cleanly, say so, and resume when the same
+command is run again.
 
 The library names fields (``child.lr``); a subcommand sets ``flag_of`` to translate a field
 into its flag (``--child-lr``), and :func:`main` does so for every error, here in one place.
@@ -13,12 +14,16 @@ into its flag (``--child-lr``), and :func:`main` does so for every error, here i
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
 import sys
 import threading
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: Modules of this package that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = ("info", "train", "search", "transfer", "export", "draw")
@@ -47,6 +52,31 @@ def check_output_file(
         raise UserError(f"{path}: no such folder {folder}; create it first")
     if not os.access(folder, os.W_OK):
         raise UserError(f"{path}: cannot write in {folder}")
+
+
+def write_failed(path: str, err: OSError, flag: str = "") -> UserError:
+    """The one-line error for an output file ``path`` that could not be written (``err``),
+    naming ``flag`` when given; a full disk says to free space."""
+    from nasnet.files import WriteError
+
+    if isinstance(err, WriteError) and err.filename == path:
+        message = str(err)
+    else:
+        fix = "; free some disk space and run again" if err.errno == errno.ENOSPC else ""
+        message = f"{path}: cannot write ({err.strerror or err}){fix}"
+    return UserError(f"{flag} {message}" if flag else message)
+
+
+def stdout_console() -> Console:
+    """A console for tables on stdout: the terminal's width, or unlimited when the output is
+    piped or redirected (rich's 80 columns would cut table cells short)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH)
+
+
+#: Console width when stdout is not a terminal: wide enough that no table cell is cut.
+_PIPED_WIDTH = 1000
 
 
 class Terminated(KeyboardInterrupt):
@@ -92,15 +122,19 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Terminated:
-        print(f"nasnet {args.command}: terminated; run the same command again to resume",
-              file=sys.stderr)  # fmt: skip
+        print(f"nasnet {args.command}: terminated{_resume_hint(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"nasnet {args.command}: interrupted", file=sys.stderr)
+        print(f"nasnet {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """Commands that resume (``set_defaults(resumable=True)``) say how."""
+    return "; run the same command again to resume" if getattr(args, "resumable", False) else ""
 
 
 def _default_flag(field: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nasnet.cli import UserError
+from nasnet.cli import UserError, write_failed
 from nasnet.draw import FORMATS, draw_genotype
 from nasnet.genotypes import resolve_genotype
 
@@ -29,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         draw_genotype(genotype, args.output, title)
     except OSError as err:
-        raise UserError(f"{args.output}: cannot write ({err.strerror or err})") from None
+        raise write_failed(args.output, err) from None
     print(f"wrote {args.output}")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from nasnet.cli import UserError, check_output_file
+from nasnet.cli import UserError, check_output_file, write_failed
 from nasnet.data import MAX_IMAGE_SIZE
 from nasnet.export import FORMATS, export_model, resolve_format, verify_export
 from nasnet.pretrained import (
@@ -103,7 +103,7 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         export_model(model, args.output, fmt, size)
     except OSError as err:
-        raise UserError(f"{args.output}: cannot write ({err.strerror or err})") from None
+        raise write_failed(args.output, err) from None
     print(f"wrote {args.output} ({fmt}, input Nx{model.config.in_chans}x{size}x{size})")
     if not args.no_check:
         check = verify_export(model, args.output, fmt, size)
@@ -129,7 +129,7 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         save_imported(model, name, args.output)
     except OSError as err:
-        raise UserError(f"{args.output}: cannot write it ({err.strerror or err})") from None
+        raise write_failed(args.output, err) from None
     print(
         f"wrote {args.output}: {name}, {model.num_classes} classes, "
         f"pool padding {model.config.pool_padding!r}"

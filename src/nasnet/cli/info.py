@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
-from nasnet.cli import UserError
+from nasnet.cli import UserError, stdout_console
 from nasnet.counting import count_mult_adds, count_params
 from nasnet.genotypes import GENOTYPES, describe_cell, resolve_genotype
 from nasnet.network import build_network, cell_output_shapes, penultimate_filters
@@ -79,7 +78,7 @@ def _build(args: argparse.Namespace):
 
 def _print(args: argparse.Namespace, model, genotype) -> int:
     cfg = model.config
-    console = Console()
+    console = stdout_console()
     console.print(f"[bold]{args.model}[/]  hash {genotype.canonical_hash()}")
     for kind, cell in (("normal", genotype.normal), ("reduction", genotype.reduction)):
         console.print(describe_cell(kind, cell), markup=False, highlight=False)

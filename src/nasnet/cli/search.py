@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nasnet.cli import UserError, check_output_file
+from nasnet.cli import UserError, check_output_file, stdout_console, write_failed
 from nasnet.cli.train import OPTIONS as TRAIN_OPTIONS
 from nasnet.files import DirectoryError
 from nasnet.lock import LOCK_NAME, ExperimentLocked
@@ -23,12 +23,17 @@ from nasnet.results import plot_runs, report_html, run_curve, summarize
 from nasnet.search import Search, SearchError, SearchStats, open_experiment
 from nasnet.search_config import SEARCH_SET_CHILD_FIELDS, SearchConfig
 from nasnet.store import DB_NAME, StoreError, TrialRecord
+from nasnet.strategies import STRATEGIES
 from nasnet.train import CONFIG_FILE, TrainConfig
 
 #: Flags of the search's own fields: flag -> (field, type, help).
 SEARCH_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--strategy": ("strategy", str, "search strategy: ppo, reinforce, random or evolution"),
-    "--evaluator": ("evaluator", str, "train (real child training) or toy (instant test reward)"),
+    "--strategy": ("strategy", str, f"search strategy: {', '.join(STRATEGIES)}"),
+    "--evaluator": (
+        "evaluator",
+        str,
+        "train (real child training), shared (weight sharing) or toy (instant test reward)",
+    ),
     "--executor": ("executor", str, "local (spawned worker processes), inprocess or ray"),
     "--budget": ("budget", int, "number of finished (done) children to reach"),
     "--workers": ("workers", int, "children trained at once"),
@@ -169,7 +174,7 @@ def _register_search(subparsers: Any) -> None:
                    help="train cells again even if an equivalent one was trained")  # fmt: skip
     p.add_argument("--out", required=True, help="experiment directory (resumed if it exists)")
     p.add_argument("--quiet", action="store_true", help="no live display")
-    p.set_defaults(func=run_search_command, flag_of=flag_of)
+    p.set_defaults(func=run_search_command, flag_of=flag_of, resumable=True)
 
 
 def _metavar(kind: type) -> str:
@@ -216,7 +221,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     if train_run and not os.path.exists(os.path.join(args.out, DB_NAME)):
         raise UserError(f"--out {args.out}: holds a 'nasnet train' run; use a folder of its own")
     given = given_options(args)
-    console = Console()
+    console = stdout_console()
     try:
         with open_experiment(args.out, given) as experiment:
             live = console.is_terminal and not args.quiet
@@ -319,10 +324,14 @@ def _summary(directory: str, top: int) -> dict[str, Any]:
 def run_show(args: argparse.Namespace) -> int:
     from nasnet.genotypes import cell_summary
     from nasnet.space import Genotype
-    from nasnet.transfer import is_transfer_dir, read_transfer, transfers_of
+    from nasnet.transfer import TransferError, is_transfer_dir, read_transfer, transfers_of
 
     if is_transfer_dir(args.dir):
-        return _show_transfer(args, read_transfer(args.dir))
+        try:
+            transfer = read_transfer(args.dir)
+        except TransferError as err:
+            raise UserError(str(err)) from None
+        return _show_transfer(args, transfer)
     summary = _summary(args.dir, args.top)
     summary["transfers"] = transfers_of(args.dir)
     if args.draw and not summary["leaderboard"]:
@@ -332,7 +341,7 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    console = Console()
+    console = stdout_console()
     table = Table(title=f"{args.dir}: best cells ({summary['strategy']})")
     for name in ("rank", "trial", "hash", "reward", "val acc", "params", "mult-adds"):
         table.add_column(name, justify="right", no_wrap=True)
@@ -368,7 +377,7 @@ def _show_transfer(args: argparse.Namespace, transfer: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps(transfer, indent=2))
     else:
-        _transfer_table(Console(), args.dir, transfer)
+        _transfer_table(stdout_console(), args.dir, transfer)
     return 0
 
 
@@ -405,7 +414,7 @@ def _draw_best(entry: dict[str, Any], path: str) -> None:
     try:
         draw_genotype(Genotype.from_dict(entry["genotype"]), path, f"best cell {entry['hash'][:8]}")
     except OSError as err:
-        raise UserError(f"--draw {path}: cannot write ({err.strerror or err})") from None
+        raise write_failed(path, err, "--draw") from None
 
 
 def _num(value: float | None) -> str:
@@ -444,7 +453,7 @@ def _write(path: str, data: str | bytes) -> None:
     try:
         atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise write_failed(path, err) from None
 
 
 # --------------------------------------------------------------------------- report

@@ -82,10 +82,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
-    """The training hyperparameter flags of :data:`OPTIONS` (shared with ``nasnet transfer``)."""
+def add_training_options(p: argparse.ArgumentParser, leave_out: tuple[str, ...] = ()) -> None:
+    """The training hyperparameter flags of :data:`OPTIONS` (shared with ``nasnet transfer``),
+    but those in ``leave_out``."""
     d = TrainConfig()
     for flag, (name, kind, text) in OPTIONS.items():
+        if flag in leave_out:
+            continue
         metavar = {int: "N", float: "X"}.get(kind, "SPEC")
         p.add_argument(flag, type=kind, dest=name, metavar=metavar,
                        help=f"{text} (default: {getattr(d, name)})")  # fmt: skip
@@ -117,7 +120,7 @@ def _register_train(subparsers) -> None:
                    help="do not evaluate on the test split at the end")  # fmt: skip
     p.add_argument("--out", required=True, help="output directory (resumed if it holds a run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train, flag_of=flag_of)
+    p.set_defaults(func=run_train, flag_of=flag_of, resumable=True)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,4 +1,6 @@
-"""``nasnet transfer SEARCH_DIR|FILE.json --top K ... --out OUT``: retrain the best cells larger."""
+"""``nasnet transfer SEARCH_DIR|FILE.json|NAME --top K ... --out OUT``: retrain the best cells
+larger. A rerun with the same ``--out`` resumes, taking every option not given (``--top``
+included) from the saved transfer."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from nasnet.files import DirectoryError
 from nasnet.lock import ExperimentLocked
 from nasnet.store import StoreError
 from nasnet.train import TrainConfig
-from nasnet.transfer import TransferError, resolve_sources, run_transfer
+from nasnet.transfer import Source, TransferError, previous_transfer, resolve_sources, run_transfer
+
+#: Cells retrained when ``--top`` is not given and there is no transfer to resume.
+DEFAULT_TOP = 2
 
 
 def register(subparsers) -> None:
@@ -22,37 +27,41 @@ def register(subparsers) -> None:
         "transfer",
         help="retrain the top cells of a search at a larger size (resumable)",
         description="Retrain the top-K cells of a search (or the cells of a genotype / export "
-        "file), stacked deeper and wider, on a dataset; each run records its lineage "
-        "(experiment, trial id, canonical hash). Rerunning with the same --out resumes.",
+        "file, or a known genotype such as nasnet_a), stacked deeper and wider, on a dataset; "
+        "each run records its lineage (experiment, trial id, canonical hash). Rerunning with "
+        "the same --out resumes; options not given are taken from the saved transfer, else "
+        "from the defaults.",
     )
-    p.add_argument("source", help="a search directory, a genotype JSON file or an export file")
-    p.add_argument("--top", type=int, default=2, help="how many of the best cells (default: 2)")
-    add_training_options(p)
+    p.add_argument("source", help="a search directory, a genotype or export JSON file, or a "
+                   "genotype name (nasnet_a)")  # fmt: skip
+    p.add_argument("--top", type=int, help=f"how many of the best cells (default: {DEFAULT_TOP}, "
+                   "or the saved transfer's)")  # fmt: skip
+    add_training_options(p, leave_out=("--genotype",))
     p.add_argument("--out", required=True, help="output directory, one run per cell")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run, flag_of=flag_of)
+    p.set_defaults(func=run, flag_of=flag_of, resumable=True)
+
+
+def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, list[Source]]:
+    """Defaults, overridden by the transfer saved in ``--out``, overridden by the options."""
+    try:
+        previous = previous_transfer(args.out)
+        values = {**TrainConfig().to_dict(), **(previous or {}).get("config", {})}
+        config = TrainConfig.from_dict({**values, **training_values(args)})
+        config.check()
+        top = args.top or (len(previous["hashes"]) if previous else DEFAULT_TOP)
+        return config, resolve_sources(args.source, top)
+    except (TransferError, StoreError) as err:
+        raise UserError(str(err)) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top < 1:
+    if args.top is not None and args.top < 1:
         raise UserError("--top: must be at least 1")
-    if args.genotype is not None:
-        raise UserError("--genotype: transfer retrains the cells of its source; give the "
-                        "genotype file as the source instead")  # fmt: skip
     if os.path.realpath(args.out) == os.path.realpath(args.source):
         raise UserError(f"--out {args.out}: is the source itself; give the transfer its own folder")
-    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **training_values(args)})
-    config.check()
-    try:
-        sources = resolve_sources(args.source, args.top)
-    except (TransferError, StoreError, ValueError) as err:
-        raise UserError(str(err)) from None
+    config, sources = _resolve(args)
     console = Console(stderr=True)
-    console.print(
-        f"transfer of {len(sources)} cell(s) to {config.dataset}: N={config.cells}, "
-        f"F={config.filters}, {config.epochs} epochs -> {args.out}",
-        soft_wrap=True,
-    )
     current: list = [None, None]  # rank, its progress bar (one live display at a time)
 
     def close_bar() -> None:
@@ -60,8 +69,14 @@ def run(args: argparse.Namespace) -> int:
             current[1].__exit__(None, None, None)
         current[:] = [None, None]
 
-    def progress(rank, source, event) -> None:
+    def progress(rank: int, source: Source, event: dict) -> None:
         if rank != current[0]:
+            if current[0] is None:  # the first event: every check has passed
+                console.print(
+                    f"transfer of {len(sources)} cell(s) to {config.dataset}: N={config.cells}, "
+                    f"F={config.filters}, {config.epochs} epochs -> {args.out}",
+                    soft_wrap=True,
+                )
             close_bar()
             trial = "" if source.trial_id is None else f" (trial {source.trial_id})"
             console.print(f"[bold]cell {rank}/{len(sources)}[/] {source.hash}{trial}")

@@ -1,9 +1,10 @@
 """Evaluators: what a search worker does with one child.
 
-=========  =================================================================================
-``train``  trains the child for real; reward = validation accuracy (the paper's)
-``toy``    an instant, deterministic reward with a known optimum, for tests and benchmarks
-=========  =================================================================================
+==========  ================================================================================
+``train``   trains the child for real; reward = validation accuracy (the paper's)
+``shared``  weight sharing: one supernet's shared weights score each child (ENAS style)
+``toy``     an instant, deterministic reward with a known optimum, for tests and benchmarks
+==========  ================================================================================
 
 :func:`run_trial` is the function every executor calls, in the driver or in a worker process:
 it takes a :class:`~nasnet.evaluators.base.Task` and returns a
@@ -28,8 +29,11 @@ from nasnet.train import TrainConfig
 from nasnet.trials import TrialOutcome
 
 #: Name -> evaluator class.
-EVALUATORS: dict[str, type[Evaluator]] = {"train": TrainEvaluator, "toy": ToyEvaluator}
-EVALUATORS["shared"] = SharedEvaluator  # weight sharing (nasnet.evaluators.shared)
+EVALUATORS: dict[str, type[Evaluator]] = {
+    "train": TrainEvaluator,
+    "shared": SharedEvaluator,
+    "toy": ToyEvaluator,
+}
 
 _BUILT: dict[str, Evaluator] = {}
 
