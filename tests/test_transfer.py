@@ -76,6 +76,16 @@ def test_transfer_retrains_top_cells_with_lineage(digits_search, tmp_path, capsy
         r["val_accuracy"] for r in summary["runs"]
     ]
 
+    # a larger --top extends the transfer: the first runs are kept, the next cell trained
+    assert main(["transfer", digits_search, "--top", "3", "--out", out, "--quiet"]) == 0
+    extended = json.loads((tmp_path / "transfer" / "transfer.json").read_text())
+    assert extended["hashes"][:2] == summary["hashes"] and len(extended["hashes"]) == 3
+    for kept, before in zip(extended["runs"][:2], again["runs"], strict=False):
+        assert {k: v for k, v in kept.items() if k != "seconds"} == {
+            k: v for k, v in before.items() if k != "seconds"
+        }
+    assert extended["runs"][2]["status"] == "done"
+
 
 def test_an_interrupted_transfer_is_shown_with_its_runs_pending(
     digits_search, tmp_path, capsys, monkeypatch

@@ -181,19 +181,19 @@ def _row(rank: int, source: Source, run_dir: str, result: dict) -> dict:
 
 
 def _check_previous(out_dir: str, sources: list[Source], config: TrainConfig) -> None:
-    """A transfer already in ``out_dir`` must be of the same cells (all of them: fewer would
-    drop runs from its summary) with the same options (but those a run may change on resume)."""
+    """A transfer already in ``out_dir`` must be of the same cells, or of the first of them
+    (more cells extend it; fewer would drop runs from its summary), with the same options (but
+    those a run may change on resume)."""
     previous = previous_transfer(out_dir)
     if previous is None:
         return
-    hashes = [s.hash for s in sources]
-    if previous["hashes"] != hashes:
-        detail = "other cells" if previous["hashes"][: len(hashes)] != hashes else (
-            f"{len(previous['hashes'])} cells, not {len(hashes)}"
-        )  # fmt: skip
+    saved_hashes, hashes = previous["hashes"], [s.hash for s in sources]
+    if hashes[: len(saved_hashes)] != saved_hashes:
+        fewer = len(hashes) < len(saved_hashes) and saved_hashes[: len(hashes)] == hashes
+        detail = f"{len(saved_hashes)} cells, not {len(hashes)}" if fewer else "other cells"
         raise TransferError(
-            f"{out_dir}: holds a transfer of {detail}; rerun with its source and --top to "
-            "resume, or choose another --out"
+            f"{out_dir}: holds a transfer of {detail}; rerun with its source (and no --top, or a "
+            "larger one) to resume, or choose another --out"
         )
     saved = previous["config"]
     new = config.to_dict()

@@ -46,12 +46,15 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, list[Source]]:
     """Defaults, overridden by the transfer saved in ``--out``, overridden by the options."""
     try:
         previous = previous_transfer(args.out)
-        values = {**TrainConfig().to_dict(), **(previous or {}).get("config", {})}
-        config = TrainConfig.from_dict({**values, **training_values(args)})
-        config.check()
-        top = args.top or (len(previous["hashes"]) if previous else DEFAULT_TOP)
+    except TransferError as err:
+        raise UserError(str(err)) from None
+    values = {**TrainConfig().to_dict(), **(previous or {}).get("config", {})}
+    config = TrainConfig.from_dict({**values, **training_values(args)})
+    config.check()
+    top = args.top or (len(previous["hashes"]) if previous else DEFAULT_TOP)
+    try:
         return config, resolve_sources(args.source, top)
-    except (TransferError, StoreError) as err:
+    except (TransferError, StoreError, ValueError) as err:
         raise UserError(str(err)) from None
 
 
