@@ -123,7 +123,8 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["train", *TINY, "--epochs", "1", "--out", out, "--quiet"]) == 0
     capsys.readouterr()
     assert main(["train", *TINY, "--epochs", "1", "--filters", "8", "--out", out]) == 2
-    assert "different filters" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--filters:" in err and "holds a run with 4, not 8" in err
     assert main(["evaluate", str(tmp_path / "empty")]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -292,3 +292,24 @@ def test_strided_1x1_convolution_is_a_strided_convolution(size: int) -> None:
     wanted = torch.autograd.grad(expected.square().sum(), (x, conv.weight))
     for got, want in zip(grads, wanted, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_a_network_first_run_under_inference_mode_then_trains():
+    """The fast paths' cached constant tensors (dense depthwise indices, pool window sizes)
+    are built outside inference mode even when an evaluation builds them first: a resumed
+    transfer re-evaluates its finished runs, then trains the next one in the same process."""
+    from nasnet import ops
+
+    ops._depthwise_index.cache_clear()
+    ops._reciprocal_window_sizes.cache_clear()
+    torch.manual_seed(0)
+    model = build_network(NASNET_A, stem="cifar", cells=1, filters=4, num_classes=10,
+                          image_size=16, auxiliary=False)  # fmt: skip
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model.eval()(x)
+    assert ops._depthwise_index.cache_info().currsize > 0
+    assert ops._reciprocal_window_sizes.cache_info().currsize > 0
+    model.train()(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -4,10 +4,11 @@ import pytest
 
 from nasnet.cli import main
 from nasnet.genotypes import NASNET_A
+from nasnet.options import OptionError
 from nasnet.search import run_search
 from nasnet.search_config import SearchConfig
 from nasnet.train import TrainConfig
-from nasnet.transfer import TransferError, resolve_sources, run_transfer
+from nasnet.transfer import TransferError, _row, resolve_sources, run_transfer, sources_to_resume
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_transfer_retrains_top_cells_with_lineage(digits_search, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--batch-size:" in err and "with 128, not 64" in err
     assert main(["transfer", digits_search, "--top", "1", "--out", out, "--quiet"]) == 2
-    assert "holds a transfer of 2 cells, not 1" in capsys.readouterr().err
+    assert "--top: the transfer here has 2 cells" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="2"):  # a usage error: transfer has no --genotype
         main(["transfer", digits_search, "--genotype", "nasnet_a", "--out", out])
     assert "unrecognized arguments: --genotype" in capsys.readouterr().err
@@ -119,6 +120,35 @@ def test_transfer_accepts_a_genotype_file(tmp_path):
     path.write_text(NASNET_A.to_json())
     sources = resolve_sources(str(path), 3)
     assert len(sources) == 1 and sources[0].genotype == NASNET_A and sources[0].trial_id is None
+
+
+def test_a_resumed_transfer_keeps_its_cells_when_the_search_ranks_others_first(
+    digits_search, tmp_path
+):
+    best = resolve_sources(digits_search, 3)
+    rows = [_row(1, best[1], str(tmp_path / "rank-01"), {"status": "done"})]
+    previous = {"runs": rows, "hashes": [best[1].hash]}  # retrained when best[1] led the search
+    assert sources_to_resume(digits_search, None, previous) == [best[1]]
+    assert sources_to_resume(digits_search, 2, previous) == [best[1], best[0]]
+    with pytest.raises(OptionError, match="has 2 cells; leave it out to resume"):
+        sources_to_resume(digits_search, 1, {"runs": rows * 2})
+    # another source listing the same cells first resumes too, keeping the saved lineage
+    export = tmp_path / "cells.json"
+    export.write_text(json.dumps([{"genotype": s.genotype.to_dict()} for s in best[1:]]))
+    assert sources_to_resume(str(export), None, previous) == [best[1]]
+    assert sources_to_resume(str(export), 2, previous)[1].origin == str(export)
+    with pytest.raises(TransferError, match="does not list the cells of the transfer here"):
+        sources_to_resume("nasnet_a", None, previous)
+
+
+def test_an_export_file_lists_each_cell_once_and_at_least_one(tmp_path):
+    entry = {"genotype": NASNET_A.to_dict()}
+    path = tmp_path / "cells.json"
+    path.write_text(json.dumps([entry, entry]))
+    assert [s.genotype for s in resolve_sources(str(path), 5)] == [NASNET_A]
+    path.write_text("[]")
+    with pytest.raises(TransferError, match="lists no cells"):
+        resolve_sources(str(path), 5)
 
 
 def test_transfer_accepts_a_genotype_name(tmp_path):

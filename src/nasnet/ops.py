@@ -16,6 +16,7 @@ gradients of both against each other.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -591,7 +592,24 @@ class WholeMapConv(nn.Conv2d):
         return super().forward(x)
 
 
-@lru_cache(maxsize=256)
+def _constant_cache(maxsize: int):
+    """``lru_cache`` for functions that build constant tensors, built outside inference mode:
+    a tensor first built while evaluating under ``torch.inference_mode`` would be an inference
+    tensor, which a later training step cannot save for its backward."""
+
+    def wrap(build):
+        @lru_cache(maxsize=maxsize)
+        @functools.wraps(build)
+        def cached(*args):
+            with torch.inference_mode(False):
+                return build(*args)
+
+        return cached
+
+    return wrap
+
+
+@_constant_cache(maxsize=256)
 def _depthwise_index(height, width, kh, kw, sh, sw, dh, dw) -> torch.Tensor:
     """For TF "SAME" depthwise convolution: (output pixel, input pixel) -> kernel tap index,
     ``kh * kw`` where the pair is not connected; shape (out_h * out_w, height * width)."""
@@ -744,7 +762,7 @@ def window_mean(x: torch.Tensor, kernel: int) -> torch.Tensor:
     return summed.mul_(_reciprocal_window_sizes(height, width, kernel, x.device, x.dtype))
 
 
-@lru_cache(maxsize=64)
+@_constant_cache(maxsize=64)
 def _reciprocal_window_sizes(height, width, kernel, device, dtype) -> torch.Tensor:
     """(1, 1, H, W): 1 / the number of input cells in each stride-1 "SAME" window."""
     half = kernel // 2

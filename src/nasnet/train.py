@@ -71,8 +71,9 @@ class NonFiniteLoss(RuntimeError):
         super().__init__("non-finite loss")
 
 
-class RunMismatch(ValueError):
-    """``out_dir`` already holds a run with a different configuration."""
+class RunMismatch(OptionError):
+    """``out_dir`` already holds a run with a different configuration; ``field`` names the
+    (first) option that differs."""
 
 
 class CheckpointError(ValueError):
@@ -611,15 +612,33 @@ def check_out_dir(out_dir: str, config: TrainConfig) -> None:
         with open(path, encoding="utf-8") as fh:
             saved = json.load(fh)
     except (OSError, ValueError) as err:
-        raise RunMismatch(f"{path}: unreadable ({err}); use a new output directory") from None
+        raise RunMismatch(
+            "out", f"{path}: unreadable ({err}); use a new output directory"
+        ) from None
     new = config.to_dict()
     new["genotype"] = resolve_genotype(config.genotype).to_dict()
     changed = changed_fields(saved, new)
     if changed:
-        raise RunMismatch(
-            f"{out_dir} holds a run with different {', '.join(changed)}; "
-            "rerun with the same options to resume, or use a new output directory"
-        )
+        raise RunMismatch(changed[0], changed_option(f"{out_dir} holds a run", saved, new, changed))
+
+
+def changed_option(holder: str, saved: dict, new: dict, changed: list[str]) -> str:
+    """The problem with resuming what ``holder`` names (``"OUT holds a run"``) with ``new``
+    options: the first of the ``changed`` fields, with its saved and new values."""
+    field, more = changed[0], len(changed) - 1
+    if field == "genotype":
+        difference = "of another cell"
+    else:
+        difference = f"with {_shown(saved.get(field))}, not {_shown(new.get(field))}"
+    others = f" (and {more} other option{'s' if more > 1 else ''})" if more else ""
+    return (
+        f"{holder} {difference}{others}; leave the option out to resume with the saved value, "
+        "or choose another output folder"
+    )
+
+
+def _shown(value: object) -> str:
+    return "none" if value is None else str(value)
 
 
 def changed_fields(

@@ -24,7 +24,13 @@ from nasnet.genotypes import GENOTYPES
 from nasnet.lock import TRANSFER_BUSY, TRANSFER_LOCK_NAME, ExperimentLock
 from nasnet.options import OptionError
 from nasnet.space import Genotype, load_genotype
-from nasnet.train import TrainConfig, changed_fields, check_training_memory, train
+from nasnet.train import (
+    TrainConfig,
+    changed_fields,
+    changed_option,
+    check_training_memory,
+    train,
+)
 
 TRANSFER_FILE = "transfer.json"
 LINEAGE_FILE = "lineage.json"
@@ -32,6 +38,9 @@ POINTER_FILE = "transfers.jsonl"
 
 #: The status of a run in ``transfer.json`` that has not finished (yet).
 PENDING = "pending"
+
+#: Cells retrained when no number is given and there is no transfer to resume.
+DEFAULT_TOP = 2
 
 
 class TransferError(ValueError):
@@ -85,20 +94,21 @@ def sources_from_file(path: str, top: int | None = None) -> list[Source]:
         raise TransferError(str(err)) from None
     if not isinstance(data, list):
         return [Source(load_genotype(path), origin=os.path.abspath(path))]
-    sources = []
-    for k, entry in enumerate(data[:top]):
+    sources: dict[str, Source] = {}  # by hash: a cell listed twice is retrained once
+    for k, entry in enumerate(data):
         if not isinstance(entry, dict) or "genotype" not in entry:
             raise TransferError(f"{path}[{k}]: expected an object with a 'genotype'")
-        sources.append(
-            Source(
-                Genotype.from_dict(entry["genotype"]),
-                entry.get("experiment"),
-                entry.get("id"),
-                entry.get("reward"),
-                os.path.abspath(path),
-            )
+        source = Source(
+            Genotype.from_dict(entry["genotype"]),
+            entry.get("experiment"),
+            entry.get("id"),
+            entry.get("reward"),
+            os.path.abspath(path),
         )
-    return sources
+        sources.setdefault(source.hash, source)
+    if not sources:
+        raise TransferError(f"{path}: lists no cells; export some with 'nasnet export'")
+    return list(sources.values())[:top]
 
 
 def resolve_sources(source: str, top: int) -> list[Source]:
@@ -114,6 +124,53 @@ def resolve_sources(source: str, top: int) -> list[Source]:
         f"{source}: no such search directory or genotype file, and not a known genotype "
         f"name ({', '.join(GENOTYPES)})"
     )
+
+
+def sources_to_resume(source: str, top: int | None, previous: dict | None) -> list[Source]:
+    """The cells a transfer from ``source`` retrains, given the summary of the transfer already
+    in its folder (``previous``, from :func:`previous_transfer`; None for a new one).
+
+    A new transfer takes the ``top`` (default :data:`DEFAULT_TOP`) best cells of ``source``. A
+    resumed one keeps its saved cells and their lineage, even when the search has found better
+    cells since; ``top`` (default: as many as saved) may only grow, adding the best cells of
+    ``source`` not yet retrained. A ``source`` other than the saved one must list the saved
+    cells first. :class:`~nasnet.options.OptionError` (``top``) when ``top`` would leave saved
+    runs out; :class:`TransferError` for other cells.
+    """
+    if previous is None or not previous["runs"]:
+        return resolve_sources(source, top or DEFAULT_TOP)
+    saved = [_saved_source(row) for row in previous["runs"]]
+    top = top or len(saved)
+    if top < len(saved):
+        raise OptionError(
+            "top", f"the transfer here has {len(saved)} cells; leave it out to resume, or give "
+            "a larger one to add cells"
+        )  # fmt: skip
+    saved_hashes = {s.hash for s in saved}
+    if all(_origin(s) == _origin_of(source) for s in saved):
+        fresh = resolve_sources(source, top + len(saved)) if top > len(saved) else []
+        return saved + [s for s in fresh if s.hash not in saved_hashes][: top - len(saved)]
+    fresh = resolve_sources(source, top)
+    if [s.hash for s in fresh[: len(saved)]] != [s.hash for s in saved]:
+        raise TransferError(
+            f"{source}: does not list the cells of the transfer here first; give its own source "
+            "to resume it, or choose another output folder"
+        )
+    return saved + fresh[len(saved) :]
+
+
+def _saved_source(row: dict) -> Source:
+    return Source(Genotype.from_dict(row["genotype"]), row.get("experiment"), row.get("trial_id"),
+                  row.get("search_reward"), row.get("genotype_file"))  # fmt: skip
+
+
+def _origin(source: Source) -> str | None:
+    return source.experiment or source.origin
+
+
+def _origin_of(source: str) -> str:
+    """What a :class:`Source` resolved from ``source`` records as its origin."""
+    return os.path.abspath(source) if os.path.exists(source) else source
 
 
 def run_dir_name(rank: int, source: Source) -> str:
@@ -153,7 +210,8 @@ def _transfer_runs(
     runs = [(rank, source, os.path.join(out_dir, run_dir_name(rank, source)))
             for rank, source in enumerate(sources, start=1)]  # fmt: skip
     rows = [_row(rank, source, run_dir, {"status": PENDING}) for rank, source, run_dir in runs]
-    _write_summary(out_dir, sources, config, rows)
+    created = (previous_transfer(out_dir) or {}).get("created", time.time())
+    _write_summary(out_dir, sources, config, rows, created)
     for experiment in {s.experiment for s in sources if s.experiment}:
         _add_pointer(experiment, out_dir)
     for rank, source, run_dir in runs:
@@ -165,7 +223,7 @@ def _transfer_runs(
             source.genotype, run_config, out_dir=run_dir, progress=callback, check_memory=False
         )  # checked above
         rows[rank - 1] = _row(rank, source, run_dir, result)
-        _write_summary(out_dir, sources, config, rows)
+        _write_summary(out_dir, sources, config, rows, created)
     return rows
 
 
@@ -195,22 +253,19 @@ def _check_previous(out_dir: str, sources: list[Source], config: TrainConfig) ->
             f"{out_dir}: holds a transfer of {detail}; rerun with its source (and no --top, or a "
             "larger one) to resume, or choose another --out"
         )
-    saved = previous["config"]
-    new = config.to_dict()
+    saved, new = previous["config"], config.to_dict()
     changed = changed_fields(saved, new)
     if changed:
-        field, more = changed[0], len(changed) - 1
-        others = f" (and {more} other option{'s' if more > 1 else ''})" if more else ""
         raise OptionError(
-            field,
-            f"{out_dir} holds a transfer with {saved.get(field)!r}, not {new[field]!r}{others}; "
-            "leave the option out to resume with the saved value, or choose another --out",
+            changed[0], changed_option(f"{out_dir} holds a transfer", saved, new, changed)
         )
 
 
-def _write_summary(out_dir: str, sources: list[Source], config: TrainConfig, rows: list) -> None:
+def _write_summary(
+    out_dir: str, sources: list[Source], config: TrainConfig, rows: list, created: float
+) -> None:
     summary = {
-        "created": time.time(),
+        "created": created,
         "config": config.to_dict(),
         "hashes": [s.hash for s in sources],
         "runs": rows,

@@ -63,6 +63,7 @@ FIELD_FLAGS = {name: flag for flag, (name, _, _) in OPTIONS.items()} | {
     "nesterov": "--no-nesterov",
     "channels_last": "--nchw",
     "eval_test": "--no-test",
+    "auxiliary": "--aux-weight",  # 0 turns the aux head off
 }
 
 

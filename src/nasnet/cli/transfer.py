@@ -14,12 +14,17 @@ from nasnet.cli.train import ProgressBar, add_training_options, flag_of, trainin
 from nasnet.data import DatasetError
 from nasnet.files import DirectoryError
 from nasnet.lock import ExperimentLocked
+from nasnet.options import OptionError
 from nasnet.store import StoreError
 from nasnet.train import TrainConfig
-from nasnet.transfer import Source, TransferError, previous_transfer, resolve_sources, run_transfer
-
-#: Cells retrained when ``--top`` is not given and there is no transfer to resume.
-DEFAULT_TOP = 2
+from nasnet.transfer import (
+    DEFAULT_TOP,
+    Source,
+    TransferError,
+    previous_transfer,
+    run_transfer,
+    sources_to_resume,
+)
 
 
 def register(subparsers) -> None:
@@ -51,9 +56,10 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, list[Source]]:
     values = {**TrainConfig().to_dict(), **(previous or {}).get("config", {})}
     config = TrainConfig.from_dict({**values, **training_values(args)})
     config.check()
-    top = args.top or (len(previous["hashes"]) if previous else DEFAULT_TOP)
     try:
-        return config, resolve_sources(args.source, top)
+        return config, sources_to_resume(args.source, args.top, previous)
+    except OptionError:
+        raise  # names its flag
     except (TransferError, StoreError, ValueError) as err:
         raise UserError(str(err)) from None
 
