@@ -61,3 +61,14 @@ def test_an_interrupted_command_that_does_not_resume_says_only_that(capsys, monk
     monkeypatch.setattr("nasnet.cli.info._print", interrupt)
     assert main(["info", "nasnet_a_cifar"]) == 130
     assert capsys.readouterr().err == "nasnet info: interrupted\n"
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(capsys, monkeypatch):
+    import nasnet.cli
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nasnet.cli, "build_parser", interrupt)
+    assert main(["info", "nasnet_a_cifar"]) == 130
+    assert capsys.readouterr().err == "nasnet: interrupted\n"

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -22,6 +23,8 @@ def digits_search(tmp_path_factory):
     return directory
 
 
+TINY = {"dataset": "synthetic:train=64,size=16,classes=4", "cells": 1, "filters": 4,
+        "epochs": 1, "batch_size": 32, "threads": 1}  # fmt: skip
 TRAIN = ["--dataset", "digits", "--cells", "1", "--filters", "6", "--epochs", "1",
          "--batch-size", "128", "--threads", "1"]  # fmt: skip
 
@@ -202,3 +205,36 @@ def test_one_transfer_at_a_time_works_in_a_folder(tmp_path, capsys):
     assert error.count("\n") == 1  # the banner waits for every check
     assert "error:" in error and "another 'nasnet transfer' is running in this folder" in error
     assert not (out / "transfer.json").exists()
+
+
+def test_a_transfer_needs_a_folder_of_its_own(digits_search, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for out, kind in ((digits_search, "holds a 'nasnet search'"), (str(run), "a training run")):
+        before = sorted(os.listdir(out))
+        assert main(["transfer", "nasnet_a", *TRAIN, "--out", out, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and kind in err and "its own folder" in err
+        assert sorted(os.listdir(out)) == before
+
+
+def test_outputs_never_overwrite_a_nasnet_folder_s_own_files(tmp_path, capsys):
+    source = tmp_path / "cell.json"
+    source.write_text(NASNET_A.to_json())
+    out = tmp_path / "transfer"
+    rows = run_transfer(resolve_sources(str(source), 1), TrainConfig(**TINY), str(out))
+    run = out / rows[0]["run"]
+    search = str(tmp_path / "search")
+    run_search(search, SearchConfig(strategy="random", evaluator="toy", executor="inprocess",
+                                    budget=2))  # fmt: skip
+    model = ["export-model", "nasnet_a_cifar", "--image-size", "16", "--no-check"]
+    for target, argv in ((run / "config.json", ["export", search]),
+                         (out / "transfer.json", ["export", search]),
+                         (run / "checkpoint.pt", model)):  # fmt: skip
+        before = target.read_bytes()
+        assert main([*argv, "-o", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "own" in err and "write elsewhere" in err
+        assert target.read_bytes() == before
+    assert main(["export", search, "-o", str(tmp_path / "config.json")]) == 0  # elsewhere: fine

@@ -25,6 +25,7 @@ from nasnet.lock import TRANSFER_BUSY, TRANSFER_LOCK_NAME, ExperimentLock
 from nasnet.options import OptionError
 from nasnet.space import Genotype, load_genotype
 from nasnet.train import (
+    CONFIG_FILE,
     TrainConfig,
     changed_fields,
     changed_option,
@@ -193,12 +194,24 @@ def run_transfer(
     before anything is written. One transfer at a time works in ``out_dir``
     (``transfer.lock``; a second is :class:`~nasnet.lock.ExperimentLocked`).
     """
+    _check_out_dir(out_dir)
     shape = check_dataset_spec(config.dataset, config.image_size)
     for source in sources:
         check_training_memory(source.genotype, config, shape)
     with ExperimentLock(out_dir, TRANSFER_LOCK_NAME, TRANSFER_BUSY):
         _check_previous(out_dir, sources, config)
         return _transfer_runs(sources, config, out_dir, progress)
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """A transfer's folder is its own: not a search's, nor a training run's (a transfer's
+    runs are training runs)."""
+    from nasnet.store import Store
+
+    if Store.exists(out_dir):
+        raise TransferError(f"{out_dir}: holds a 'nasnet search'; give the transfer its own folder")
+    if os.path.exists(os.path.join(out_dir, CONFIG_FILE)):
+        raise TransferError(f"{out_dir}: holds a training run; give the transfer its own folder")
 
 
 def _transfer_runs(

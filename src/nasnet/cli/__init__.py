@@ -43,6 +43,9 @@ def check_output_file(
         raise UserError(f"{path}: is the run's own {os.path.basename(path)}; write elsewhere")
     if any(os.path.realpath(path) == os.path.realpath(given) for given in inputs):
         raise UserError(f"{path}: is also the file this command reads; write elsewhere")
+    kind = _nasnet_file_kind(path)
+    if kind:
+        raise UserError(f"{path}: is the {kind}'s own {os.path.basename(path)}; write elsewhere")
     if os.path.isdir(path):
         raise UserError(f"{path}: is a directory; give a file name")
     folder = os.path.dirname(path) or "."
@@ -52,6 +55,31 @@ def check_output_file(
         raise UserError(f"{path}: no such folder {folder}; create it first")
     if not os.access(folder, os.W_OK):
         raise UserError(f"{path}: cannot write in {folder}")
+
+
+def _nasnet_file_kind(path: str) -> str | None:
+    """``"search"``, ``"training run"`` or ``"transfer"`` when ``path`` is one of the files
+    of the nasnet folder it would be written in (overwriting it would break that folder)."""
+    from nasnet.lock import LOCK_NAME, TRANSFER_LOCK_NAME
+    from nasnet.store import DB_NAME
+    from nasnet.train import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, RUN_FILES
+    from nasnet.transfer import LINEAGE_FILE, POINTER_FILE, TRANSFER_FILE
+
+    folder, name = os.path.split(os.path.realpath(path))
+
+    def has(file: str) -> bool:
+        return os.path.exists(os.path.join(folder, file))
+
+    suffixes = ("", "-wal", "-shm", "-journal")
+    kinds = {
+        "search": (has(DB_NAME), {*(DB_NAME + s for s in suffixes), LOCK_NAME, POINTER_FILE}),
+        "training run": (
+            has(CONFIG_FILE) and any(map(has, (CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE))),
+            {*RUN_FILES, LINEAGE_FILE},
+        ),
+        "transfer": (has(TRANSFER_FILE), {TRANSFER_FILE, TRANSFER_LOCK_NAME}),
+    }
+    return next((kind for kind, (found, files) in kinds.items() if found and name in files), None)
 
 
 def write_failed(path: str, err: OSError, flag: str = "") -> UserError:
@@ -69,10 +97,15 @@ def write_failed(path: str, err: OSError, flag: str = "") -> UserError:
 
 def stdout_console() -> Console:
     """A console for tables on stdout: the terminal's width, or unlimited when the output is
-    piped or redirected (rich's 80 columns would cut table cells short)."""
+    piped or redirected (rich's 80 columns would cut table cells short). A reader that goes
+    away ends the command like any other write to stdout (exit 141), not rich's exit 1."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH)
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return StdoutConsole() if sys.stdout.isatty() else StdoutConsole(width=_PIPED_WIDTH)
 
 
 #: Console width when stdout is not a terminal: wide enough that no table cell is cut.
@@ -106,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     from nasnet.options import OptionError
     from nasnet.space import GenotypeError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports torch: the first seconds of a command
+    except KeyboardInterrupt:
+        print("nasnet: interrupted", file=sys.stderr)
+        return 130
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM)
     if in_main_thread:
