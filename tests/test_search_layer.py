@@ -102,7 +102,7 @@ def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):
         (["--evaluator-option", "nope=2"], "--evaluator-option nope: not an option of evaluator"),
         (["--child-epochs", "0"], "--child-epochs: must be in [1, 1000000], got 0"),
         (["--child-option", "stem=tiny"], "--child-option stem: must be cifar or imagenet"),
-        (["--executor-option", "threads=0"], "--threads: must be at least 1, got 0"),
+        (["--executor-option", "threads=0"], "--threads: must be in [1, 1,024], got 0"),
         (["--executor-option", "address=x"], "--ray-address: not an option of executor 'local'"),
         (["--strategy", "nope"], "--strategy: unknown strategy 'nope'; choose ppo, reinforce"),
         (["--seed", "-1"], "--seed: must be at least 0"),

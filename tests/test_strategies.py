@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nasnet.evaluators import toy_reward
+from nasnet.options import OptionError
 from nasnet.results import mean_top, rewards_in_finish_order
 from nasnet.search import run_search
 from nasnet.search_config import SearchConfig
@@ -198,3 +199,14 @@ def test_learning_strategies_beat_random_search_on_the_toy_problem(tmp_path) -> 
     stats = run_search(str(tmp_path / "reinforce"), config)
     assert stats.finished == 500 and stats.failed == 0
     assert _top10(str(tmp_path / "reinforce")) > max(top10["random"])
+
+
+@pytest.mark.parametrize("name, options", [
+    ("ppo", {"hidden_size": 10_000_000}), ("reinforce", {"batch_size": 10**20}),
+    ("ppo", {"epochs": 100_000}), ("evolution", {"population": 10**9}),
+])  # fmt: skip
+def test_absurd_option_values_are_refused_before_anything_is_built(name, options):
+    (field,) = options
+    with pytest.raises(OptionError, match=r"must be in \[1, ") as info:
+        make_strategy(name, SearchSpace(), 0, **options)
+    assert info.value.field.endswith(field)

@@ -145,9 +145,14 @@ def require(condition: bool, field: str, problem: str) -> None:
         raise OptionError(field, problem)
 
 
-def check_at_least(options: object, name: str, low: float) -> None:
+def check_at_least(options: object, name: str, low: float, high: float | None = None) -> None:
+    """At least ``low`` (and at most ``high``: a bound that keeps a typo such as an extra
+    zero from allocating what no machine has, or from never acting)."""
     value = getattr(options, name)
-    require(value >= low, name, f"must be at least {low}, got {value}")
+    if high is None:
+        require(value >= low, name, f"must be at least {low}, got {value}")
+    else:
+        require(low <= value <= high, name, f"must be in [{low}, {high:,}], got {value}")
 
 
 def check_finite(options: object, name: str, low: float | None = None, high: float | None = None,

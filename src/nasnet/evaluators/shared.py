@@ -73,11 +73,11 @@ class SharedOptions(RewardOptions):
 
     def check(self) -> None:
         super().check()
-        check_at_least(self, "train_steps", 0)
-        check_at_least(self, "warmup_steps", 0)
+        check_at_least(self, "train_steps", 0, 10_000_000)
+        check_at_least(self, "warmup_steps", 0, 10_000_000)
         for name in ("val_batches", "final_val_batches", "batch_size"):
             if getattr(self, name) is not None:
-                check_at_least(self, name, 1)
+                check_at_least(self, name, 1, 1_000_000)
         check_finite(self, "lr", 0, low_open=True)
 
 

@@ -36,7 +36,7 @@ class ThreadOptions(Options):
 
     def check(self) -> None:
         if self.threads is not None:
-            check_at_least(self, "threads", 1)
+            check_at_least(self, "threads", 1, 1024)
 
 
 @dataclass

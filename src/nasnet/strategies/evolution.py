@@ -45,7 +45,7 @@ class EvolutionOptions(Options):
 
     def check(self) -> None:
         for name in ("population", "sample_size", "checkpoint_every"):
-            check_at_least(self, name, 1)
+            check_at_least(self, name, 1, 1_000_000)
         check_settings(self)
         require(
             self.sample_size <= self.population,

@@ -57,8 +57,8 @@ class PolicyGradientOptions(Options):
 
     def check(self) -> None:
         check_finite(self, "lr", 0, 1, low_open=True)
-        check_at_least(self, "batch_size", 1)
-        check_at_least(self, "hidden_size", 1)
+        check_at_least(self, "batch_size", 1, 100_000)
+        check_at_least(self, "hidden_size", 1, 4096)
         check_finite(self, "entropy_weight", 0)
         check_finite(self, "baseline_decay", 0, 1)
         require(self.baseline_decay < 1, "baseline_decay", "must be below 1, got 1.0")

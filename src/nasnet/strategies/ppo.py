@@ -33,7 +33,7 @@ class PPOOptions(PolicyGradientOptions):
     def check(self) -> None:
         super().check()
         check_finite(self, "clip", 0, low_open=True)
-        check_at_least(self, "epochs", 1)
+        check_at_least(self, "epochs", 1, 1000)
 
 
 class PPOStrategy(PolicyGradientStrategy):
