@@ -72,3 +72,11 @@ def test_ctrl_c_while_the_commands_load_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(nasnet.cli, "build_parser", interrupt)
     assert main(["info", "nasnet_a_cifar"]) == 130
     assert capsys.readouterr().err == "nasnet: interrupted\n"
+
+
+def test_a_preset_refuses_the_options_it_does_not_take(capsys):
+    assert main(["info", "nasnet_a_mobile", "--stem", "cifar", "--cells", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--stem, --cells: nasnet_a_mobile is a preset" in err
+    assert main(["info", "nasnet_a", "--cells", "2"]) == 0
+    assert "N=2, F=32" in capsys.readouterr().out

@@ -234,3 +234,5 @@ def test_search_help_lists_every_strategy_evaluator_and_executor():
     for flag, names in (("--strategy", STRATEGIES), ("--evaluator", EVALUATORS),
                         ("--executor", executor_names())):  # fmt: skip
         assert all(name in helps[flag] for name in names), (flag, helps[flag])
+    epilog = subparsers.choices["search"].epilog  # the defaults a new search gets
+    assert "warmup_steps=1000" in epilog and "normalize_free_ops=True" in epilog

@@ -130,12 +130,13 @@ def test_a_ranking_near_chance_is_flagged(tmp_path, capsys) -> None:
                  "--budget", "4", "--blocks", "2", "--dataset", DATA, "--child-filters", "4",
                  "--evaluator-option", "warmup_steps=2", "--evaluator-option",
                  "batch_size=16", "--executor-option", "threads=1"]) == 0  # fmt: skip
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr()
     with Store.open(out, readonly=True) as store:
         finals = {t.hash: {"val_accuracy": t.metrics["final_val_accuracy"]}
                   for t in store.trials()}  # fmt: skip
     expected = evaluator.ranking_warning(list(finals.values()))
+    assert "warning:" not in printed.out  # warnings go to stderr
     if expected is None:
-        assert "warning:" not in printed
+        assert "warning:" not in printed.err
     else:
-        assert f"warning: {expected}" in printed
+        assert f"nasnet search: warning: {expected}\n" in printed.err

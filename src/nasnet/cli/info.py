@@ -13,6 +13,9 @@ from nasnet.genotypes import GENOTYPES, describe_cell, resolve_genotype
 from nasnet.network import build_network, cell_output_shapes, penultimate_filters
 from nasnet.registry import PRESETS, create_model, list_models
 
+#: How ``nasnet info`` stacks a genotype given by name or file (a preset fixes its own).
+GENOTYPE_DEFAULTS = {"stem": "cifar", "cells": 6, "filters": 32}
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -29,16 +32,24 @@ def register(subparsers) -> None:
     p.add_argument(
         "--stem",
         choices=("cifar", "imagenet"),
-        default="cifar",
-        help="stem for a genotype file (default: cifar)",
+        help=f"stem for a genotype (default: {GENOTYPE_DEFAULTS['stem']})",
     )
-    p.add_argument("--cells", type=int, default=6, help="N for a genotype file (default: 6)")
-    p.add_argument("--filters", type=int, default=32, help="F for a genotype file (default: 32)")
+    p.add_argument("--cells", type=int,
+                   help=f"N for a genotype (default: {GENOTYPE_DEFAULTS['cells']})")  # fmt: skip
+    p.add_argument("--filters", type=int,
+                   help=f"F for a genotype (default: {GENOTYPE_DEFAULTS['filters']})")  # fmt: skip
     p.add_argument("--num-classes", type=int, help="classifier outputs")
     p.set_defaults(func=run)
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.model in PRESETS:
+        given = [f"--{name}" for name in GENOTYPE_DEFAULTS if getattr(args, name) is not None]
+        if given:
+            raise UserError(
+                f"{', '.join(given)}: {args.model} is a preset with its own stem, N and F; "
+                "leave them out, or give a genotype (nasnet_a) to stack it differently"
+            )
     for flag, value, low, high in (("--image-size", args.image_size, 4, 8192),
                                    ("--cells", args.cells, 1, 1000),
                                    ("--filters", args.filters, 1, 100_000),
@@ -64,13 +75,17 @@ def _build(args: argparse.Namespace):
             genotype = model.genotype
         else:
             genotype = resolve_genotype(args.model)
-            size = args.image_size or (32 if args.stem == "cifar" else 224)
+            stem, cells, filters = (
+                GENOTYPE_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+                for name in ("stem", "cells", "filters")
+            )
+            size = args.image_size or (32 if stem == "cifar" else 224)
             model = build_network(
                 genotype,
-                stem=args.stem,
-                cells=args.cells,
-                filters=args.filters,
-                num_classes=args.num_classes or (10 if args.stem == "cifar" else 1000),
+                stem=stem,
+                cells=cells,
+                filters=filters,
+                num_classes=args.num_classes or (10 if stem == "cifar" else 1000),
                 image_size=size,
             )
     return model, genotype

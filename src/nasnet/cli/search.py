@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -134,7 +135,8 @@ def register(subparsers: Any) -> None:
 
 
 def _parts_help() -> str:
-    """Every option of every strategy, evaluator and executor, from their declarations."""
+    """Every option of every strategy, evaluator and executor, from their declarations, with
+    the defaults a new search gets."""
     from nasnet.evaluators import EVALUATORS
     from nasnet.executors import EXECUTORS
     from nasnet.strategies import STRATEGIES
@@ -143,8 +145,9 @@ def _parts_help() -> str:
     for flag, registry in (("--strategy-option", STRATEGIES), ("--evaluator-option", EVALUATORS),
                            ("--executor-option", EXECUTORS)):  # fmt: skip
         for name, cls in registry.items():
-            described = cls.Options.describe()
-            options = ", ".join(f"{o}={d}" for o, _, d, _ in described) or "none"
+            new_search = getattr(cls, "options_for_new_search", lambda options: options)({})
+            defaults = {o: new_search.get(o, d) for o, _, d, _ in cls.Options.describe()}
+            options = ", ".join(f"{o}={d}" for o, d in defaults.items()) or "none"
             lines.append(f"{flag} for {name}: {options}")
     return "\n".join(lines)
 
@@ -242,7 +245,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     if stats.ranking_warning:
-        console.print(f"warning: {stats.ranking_warning}", soft_wrap=True, highlight=False)
+        print(f"nasnet search: warning: {stats.ranking_warning}", file=sys.stderr)
     return 0
 
 

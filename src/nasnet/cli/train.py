@@ -76,7 +76,11 @@ def register(subparsers) -> None:
     """Add ``train`` and ``evaluate`` to the ``nasnet`` command."""
     _register_train(subparsers)
     p = subparsers.add_parser(
-        "evaluate", help="re-evaluate a trained child", description=evaluate_run.__doc__
+        "evaluate",
+        help="re-evaluate a trained child",
+        description="Reload the model saved in a 'nasnet train' folder (finished or not) and "
+        "evaluate it again: accuracy and loss on the validation and test splits, and the "
+        "epochs it was trained.",
     )
     p.add_argument("dir", help="output directory of 'nasnet train'")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
