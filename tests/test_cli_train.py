@@ -117,7 +117,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "--dataset", f"cifar10:{tmp_path}/none", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("nasnet train: error:") and "\n" not in err and "cifar" in err
+    assert err.startswith("nasnet train: error: --dataset:") and "\n" not in err and "cifar" in err
     assert main(["train", "--genotype", "nasnet_q", "--out", out]) == 2
     assert "unknown genotype" in capsys.readouterr().err
     assert main(["train", *TINY, "--epochs", "1", "--out", out, "--quiet"]) == 0

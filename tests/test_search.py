@@ -529,7 +529,7 @@ def test_executor_registry() -> None:
     with pytest.raises(OptionError, match="unknown executor 'nope'; choose inprocess, local"):
         make_executor("nope", 1)
     assert isinstance(make_executor("inprocess", 1), InProcessExecutor)
-    with pytest.raises(OptionError, match=r"^executor_options.threads: must be in \[1, 1,024\]"):
+    with pytest.raises(OptionError, match=r"^executor_options.threads: must be in \[1, 1024\]"):
         make_executor("local", 1, options={"threads": 0})
 
 

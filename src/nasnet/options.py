@@ -152,7 +152,7 @@ def check_at_least(options: object, name: str, low: float, high: float | None = 
     if high is None:
         require(value >= low, name, f"must be at least {low}, got {value}")
     else:
-        require(low <= value <= high, name, f"must be in [{low}, {high:,}], got {value}")
+        require(low <= value <= high, name, f"must be in [{low}, {high}], got {value}")
 
 
 def check_finite(options: object, name: str, low: float | None = None, high: float | None = None,

@@ -216,7 +216,10 @@ def _typed(target: str, name: str, value: str) -> Any:
     fields = {f.name: f for f in TrainConfig.__dataclass_fields__.values()}
     if name not in fields or name in SEARCH_SET_CHILD_FIELDS:
         raise OptionError(f"child.{name}", "not an option of a search child")
-    return coerce(fields[name], value, TrainConfig)
+    try:
+        return coerce(fields[name], value, TrainConfig)
+    except OptionError as err:
+        raise err.within("child") from None
 
 
 def run_search_command(args: argparse.Namespace) -> int:

@@ -163,7 +163,9 @@ def run_train(args: argparse.Namespace) -> int:
         check_can_start(genotype, config, data)
     except (GenotypeError, OptionError):
         raise
-    except (DatasetError, ValueError) as err:
+    except DatasetError as err:
+        raise UserError(f"--dataset: {err}") from None
+    except ValueError as err:
         raise UserError(str(err)) from None
     console = Console(stderr=True)
     console.print(

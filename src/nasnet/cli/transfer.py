@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         rows = run_transfer(sources, config, args.out, progress)
-    except (TransferError, DatasetError, ExperimentLocked, DirectoryError) as err:
+    except DatasetError as err:
+        raise UserError(f"--dataset: {err}") from None
+    except (TransferError, ExperimentLocked, DirectoryError) as err:
         raise UserError(str(err)) from None
     finally:
         close_bar()
