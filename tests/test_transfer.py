@@ -169,6 +169,7 @@ def test_a_damaged_transfer_summary_is_one_line_for_show_and_transfer(tmp_path, 
     assert main(["show", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "transfer.json" in err and "Traceback" not in err
+    assert err.endswith("; move it away to start the transfer in this folder again\n")
     assert main(["transfer", "nasnet_a", *TRAIN, "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "transfer.json" in err

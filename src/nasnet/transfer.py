@@ -312,13 +312,16 @@ def read_transfer(out_dir: str) -> dict:
         if not isinstance(summary["hashes"], list) or not isinstance(summary["runs"], list):
             raise TypeError("'hashes' and 'runs' must be lists")
     except FileFormatError as err:
-        raise TransferError(str(err)) from None
+        raise TransferError(f"{err}; {_DAMAGED_FIX}") from None
     except (KeyError, TypeError, ValueError) as err:
         raise TransferError(
-            f"{path}: not a nasnet transfer summary ({err}); move it away or choose another --out"
+            f"{path}: not a nasnet transfer summary ({err}); {_DAMAGED_FIX}"
         ) from None
     summary["config"] = config.to_dict()
     return summary
+
+
+_DAMAGED_FIX = "move it away to start the transfer in this folder again"
 
 
 def previous_transfer(out_dir: str) -> dict | None:
