@@ -80,3 +80,19 @@ def test_a_preset_refuses_the_options_it_does_not_take(capsys):
     assert err.count("\n") == 1 and "--stem, --cells: nasnet_a_mobile is a preset" in err
     assert main(["info", "nasnet_a", "--cells", "2"]) == 0
     assert "N=2, F=32" in capsys.readouterr().out
+
+
+def test_nasnet_s_own_warnings_are_one_line(capsys, monkeypatch):
+    import warnings
+
+    from nasnet.cli import info
+
+    def warn(*args, **kwargs):
+        warnings.warn("the cell is odd", stacklevel=2)  # as from nasnet.cli.info
+        return 0
+
+    monkeypatch.setattr(info, "_print", warn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["info", "nasnet_a_cifar"]) == 0
+    assert capsys.readouterr().err == "nasnet info: warning: the cell is odd\n"

@@ -140,3 +140,34 @@ def test_a_ranking_near_chance_is_flagged(tmp_path, capsys) -> None:
         assert "warning:" not in printed.err
     else:
         assert f"nasnet search: warning: {expected}\n" in printed.err
+
+
+def test_a_resume_replays_children_with_their_thread_count_not_the_driver_s(
+    tmp_path, monkeypatch
+) -> None:
+    """Children run with the executor's ``threads`` (1 here); a driver with another thread
+    count must replay them, and score the final ranking, with that same count: float sums,
+    hence the shared weights, depend on it."""
+    import torch
+
+    from nasnet.evaluators.shared import SharedEvaluator
+    from nasnet.runtime import torch_threads
+
+    seen = []
+    for name in ("measure", "final_metrics"):
+        original = getattr(SharedEvaluator, name)
+
+        def recording(self, *args, _original=original, _name=name):
+            seen.append((_name, torch.get_num_threads()))
+            return _original(self, *args)
+
+        monkeypatch.setattr(SharedEvaluator, name, recording)
+    no_saved_state = {"budget": 4, "strategy_options": {"checkpoint_every": 100}}
+    out = str(tmp_path / "resumed")
+    with torch_threads(2):
+        with pytest.raises(KeyboardInterrupt):  # then all 3 results are replayed
+            run_search(out, tiny_config(**no_saved_state), on_event=_interrupt_after(3))
+        run_search(out, tiny_config(**no_saved_state))
+    assert [n for n, _ in seen].count("measure") == 3 + 3 + 1  # run, replayed, the last one
+    assert "final_metrics" in {n for n, _ in seen}
+    assert {threads for _, threads in seen} == {1}

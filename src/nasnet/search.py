@@ -39,6 +39,7 @@ from nasnet.executors.base import call_safely
 from nasnet.lock import ExperimentLock
 from nasnet.options import OptionError
 from nasnet.results import leaderboard
+from nasnet.runtime import torch_threads
 from nasnet.search_config import SearchConfig, resolve_config, trial_seed
 from nasnet.store import Store, StoreError, TrialRecord
 from nasnet.strategies import Proposal, Strategy, make_strategy
@@ -190,12 +191,19 @@ class Search:
                 self._replay_ask(trial)
             else:
                 if self.evaluator.stateful and trial.reused_from is None:
-                    self._remeasure(trial)
+                    with self._child_threads():
+                        self._remeasure(trial)
                 with self.store.transaction():
                     self._tell(_proposal_of(trial), _told_reward(trial), event_seq)
         if saved or events:
             self.store.record_resume(state_id, digest, len(events))
         return len(events)
+
+    def _child_threads(self) -> contextlib.AbstractContextManager[None]:
+        """The thread count children run with (the executor's ``threads``): a stateful
+        evaluator's replays and final scores in the driver must compute what its children
+        computed, and float sums depend on the thread count."""
+        return torch_threads(self.config.executor_options.get("threads"))
 
     def _replay_ask(self, trial: TrialRecord) -> None:
         proposal = self.strategy.ask()
@@ -247,7 +255,8 @@ class Search:
                 self._resubmit(pending)
                 self._loop()
             if self.evaluator.stateful and stats.finished >= self.config.budget:
-                self._final_scores()
+                with self._child_threads():
+                    self._final_scores()
         finally:
             try:
                 if self.executor is not None:

@@ -20,6 +20,8 @@ import os
 import signal
 import sys
 import threading
+import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     if in_main_thread:
         signal.signal(signal.SIGTERM, _terminate)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(args.command, shown)
     try:
         return int(args.func(args) or 0)
     except OptionError as err:
@@ -165,8 +169,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nasnet {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = shown
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warnings(command: str, shown: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` for a command: nasnet's own warnings as one line naming the
+    command (not Python's two lines of file, line and source); other packages' unchanged."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if os.path.abspath(filename).startswith(package + os.sep):
+            print(f"nasnet {command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
