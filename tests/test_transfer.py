@@ -44,6 +44,8 @@ def test_transfer_retrains_top_cells_with_lineage(digits_search, tmp_path, capsy
     assert main(["show", out, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [r["hash"] for r in shown["runs"]] == summary["hashes"]
+    assert main(["show", out, "--json", "--top", "1"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["runs"]) == 1
 
     assert main(["show", digits_search, "--json"]) == 0
     search = json.loads(capsys.readouterr().out)

@@ -108,12 +108,17 @@ def flag_of(field: str) -> str:
     return f"--{field.replace('_', '-')}"
 
 
+#: Cells ``nasnet show`` lists for a search when ``--top`` is not given.
+SHOW_TOP = 10
+
+
 def register(subparsers: Any) -> None:
     """Add ``search``, ``show``, ``export`` and ``report`` to the ``nasnet`` command."""
     _register_search(subparsers)
     p = subparsers.add_parser("show", help="leaderboard and status of a search")
     p.add_argument("dir", help="experiment directory (nasnet search --out)")
-    p.add_argument("--top", type=int, default=10, help="cells listed (default: 10)")
+    p.add_argument("--top", type=int, help=f"cells listed (default: {SHOW_TOP}; a transfer's: "
+                   "all)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON object instead")
     p.add_argument("--draw", metavar="FILE", help="also draw the best cell pair (.svg/.png/.pdf)")
     p.set_defaults(func=run_show)
@@ -332,13 +337,15 @@ def run_show(args: argparse.Namespace) -> int:
     from nasnet.space import Genotype
     from nasnet.transfer import TransferError, is_transfer_dir, read_transfer, transfers_of
 
+    if args.top is not None and args.top < 1:
+        raise UserError(f"--top: must be at least 1, got {args.top}")
     if is_transfer_dir(args.dir):
         try:
             transfer = read_transfer(args.dir)
         except TransferError as err:
             raise UserError(str(err)) from None
-        return _show_transfer(args, transfer)
-    summary = _summary(args.dir, args.top)
+        return _show_transfer(args, {**transfer, "runs": transfer["runs"][: args.top]})
+    summary = _summary(args.dir, args.top or SHOW_TOP)
     summary["transfers"] = transfers_of(args.dir)
     if args.draw and not summary["leaderboard"]:
         raise UserError(f"--draw {args.draw}: no finished children to draw yet")
