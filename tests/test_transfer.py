@@ -163,7 +163,13 @@ def test_transfer_accepts_a_genotype_name(tmp_path):
         resolve_sources("nasnet_b", 2)
 
 
-@pytest.mark.parametrize("text", ["garbage", "[]", '{"config": {"epochs": -1}, "hashes": []}'])
+A_RUN_WITHOUT_ITS_FIELDS = json.dumps(
+    {"config": TrainConfig().to_dict(), "hashes": ["x"], "runs": [{"rank": 1}]}
+)
+
+
+@pytest.mark.parametrize("text", ["garbage", "[]", '{"config": {"epochs": -1}, "hashes": []}',
+                                  A_RUN_WITHOUT_ITS_FIELDS])  # fmt: skip
 def test_a_damaged_transfer_summary_is_one_line_for_show_and_transfer(tmp_path, capsys, text):
     out = tmp_path / "transfer"
     out.mkdir()

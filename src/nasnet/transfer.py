@@ -240,8 +240,16 @@ def _transfer_runs(
     return rows
 
 
+#: The result fields a row of ``transfer.json`` copies from its run's result.
+_RESULT_KEYS = ("status", "reason", "val_accuracy", "test_accuracy", "params", "mult_adds",
+                "seconds")  # fmt: skip
+#: Every field of a row of ``transfer.json``.
+_ROW_KEYS = ("rank", "run", "experiment", "trial_id", "hash", "search_reward", "genotype_file",
+             *_RESULT_KEYS, "genotype")  # fmt: skip
+
+
 def _row(rank: int, source: Source, run_dir: str, result: dict) -> dict:
-    keys = ("status", "reason", "val_accuracy", "test_accuracy", "params", "mult_adds", "seconds")
+    keys = _RESULT_KEYS
     return {
         "rank": rank,
         "run": os.path.basename(run_dir),
@@ -263,8 +271,8 @@ def _check_previous(out_dir: str, sources: list[Source], config: TrainConfig) ->
         fewer = len(hashes) < len(saved_hashes) and saved_hashes[: len(hashes)] == hashes
         detail = f"{len(saved_hashes)} cells, not {len(hashes)}" if fewer else "other cells"
         raise TransferError(
-            f"{out_dir}: holds a transfer of {detail}; rerun with its source (and no --top, or a "
-            "larger one) to resume, or choose another --out"
+            f"{out_dir}: holds a transfer of {detail}; rerun with its source (and as many cells "
+            "or more) to resume, or choose another output folder"
         )
     saved, new = previous["config"], config.to_dict()
     changed = changed_fields(saved, new)
@@ -311,6 +319,11 @@ def read_transfer(out_dir: str) -> dict:
         config.check()
         if not isinstance(summary["hashes"], list) or not isinstance(summary["runs"], list):
             raise TypeError("'hashes' and 'runs' must be lists")
+        for row in summary["runs"]:
+            missing = [key for key in _ROW_KEYS if key not in row]
+            if missing:
+                raise KeyError(f"a run without {', '.join(missing)}")
+            Genotype.from_dict(row["genotype"])
     except FileFormatError as err:
         raise TransferError(f"{err}; {_DAMAGED_FIX}") from None
     except (KeyError, TypeError, ValueError) as err:
