@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nasnet.evaluators import Evaluator, Task, cost_aware_reward, evaluator_for
-from nasnet.executors import Executor, TrialFn, TrialResult, make_executor
+from nasnet.executors import Executor, TrialFn, TrialResult, executor_class, make_executor
 from nasnet.executors.base import call_safely
 from nasnet.lock import ExperimentLock
 from nasnet.options import OptionError
@@ -203,7 +203,8 @@ class Search:
         """The thread count children run with (the executor's ``threads``): a stateful
         evaluator's replays and final scores in the driver must compute what its children
         computed, and float sums depend on the thread count."""
-        return torch_threads(self.config.executor_options.get("threads"))
+        options = executor_class(self.config.executor).Options.parse(self.config.executor_options)
+        return torch_threads(getattr(options, "threads", None))
 
     def _replay_ask(self, trial: TrialRecord) -> None:
         proposal = self.strategy.ask()
