@@ -139,3 +139,11 @@ def test_a_second_train_on_the_same_folder_is_refused(tmp_path, capsys):
     assert "another 'nasnet train' is running in this folder (pid" in err
     assert sorted(os.listdir(out)) == [TRAIN_LOCK_NAME]
     assert main(["train", *TINY, "--out", str(out), "--quiet"]) == 0
+
+
+def test_a_cutout_larger_than_the_images_is_refused_and_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--cutout", "17", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cutout: 17 pixels is more than the 16-pixel images" in err
+    assert not out.exists()

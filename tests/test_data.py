@@ -174,6 +174,42 @@ def test_wrong_shape_data_is_an_error(tmp_path):
     assert "3072" in _one_line_error(f"cifar10:{tmp_path / 'shape'}")
 
 
+@pytest.mark.parametrize("labels, problem", [
+    (None, "labels are not integers"), ([b"cat"] * 20, "labels are not integers"),
+    ([1.7] * 20, "labels are not integers"), ([2**70] + [0] * 19, "beyond 64-bit"),
+    ([[0]] * 20, "labels of shape (20, 1) for 20 images"),
+])  # fmt: skip
+def test_cifar_labels_that_are_not_one_integer_per_image_are_refused(tmp_path, labels, problem):
+    members = _cifar10_members()
+    data, _ = _cifar_rows(20, 0, 10)
+    members["data_batch_1"] = _pickle({b"labels": labels, b"data": data})
+    _write_dir(str(tmp_path / "labels"), members)
+    message = _one_line_error(f"cifar10:{tmp_path / 'labels'}")
+    assert "data_batch_1" in message and problem in message
+
+
+def test_a_cifar_batch_without_images_is_refused(tmp_path):
+    members = _cifar10_members()
+    members["test_batch"] = _pickle({b"labels": [], b"data": np.zeros((0, 3072), np.uint8)})
+    _write_dir(str(tmp_path / "empty"), members)
+    assert "test_batch holds no images" in _one_line_error(f"cifar10:{tmp_path / 'empty'}")
+
+
+def test_cifar_pickled_with_the_newest_protocol_loads(tmp_path):
+    members = _cifar10_members()
+    for name, blob in list(members.items()):
+        obj = pickle.loads(blob, encoding="bytes")
+        members[name] = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_dir(str(tmp_path / "p5"), members)
+    _check_cifar10(load_dataset(f"cifar10:{tmp_path / 'p5'}"))
+
+
+def test_a_tiny_cifar_still_has_a_validation_image(tmp_path):
+    _write_dir(str(tmp_path / "tiny"), _cifar10_members(per_batch=1))
+    data = load_dataset(f"cifar10:{tmp_path / 'tiny'}")
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (4, 1, 1)
+
+
 # --------------------------------------------------------------------------- folder, digits, ...
 
 
@@ -214,6 +250,62 @@ def test_folder_errors(tmp_path):
     _write_images(tmp_path / "broken", {"a": 2, "b": 2})
     (tmp_path / "broken" / "a" / "zz.png").write_bytes(b"not a png")
     assert "zz.png" in _one_line_error(f"folder:{tmp_path / 'broken'}")
+
+
+def test_a_png_with_a_broken_chunk_is_a_one_line_error(tmp_path):
+    _write_images(tmp_path, {"a": 4, "b": 4})
+    png = tmp_path / "a" / "img1.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(png)
+    blob = bytearray(png.read_bytes())
+    blob[36] ^= 0x40  # Pillow raises SyntaxError for this one
+    png.write_bytes(bytes(blob))
+    assert "img1.png: cannot decode image" in _one_line_error(f"folder:{tmp_path}")
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        for i in range(5):
+            Image.fromarray(ramp).save(tmp_path / name / f"{i}.png")
+    data = load_dataset(f"folder:{tmp_path}", image_size=16)
+    expected = ((ramp[0].astype(np.int64) + 128) // 257).tolist()
+    assert data.train_x[0, 0, 0].tolist() == expected and data.train_x[0, 0, 0, 1] == 17
+
+
+def test_folder_layouts_users_bring(tmp_path):
+    _write_images(tmp_path / "three" / "train", {"a": 10, "b": 10})
+    _write_images(tmp_path / "three" / "val", {"a": 2, "b": 2})
+    _write_images(tmp_path / "three" / "test", {"a": 3, "b": 3})
+    data = load_dataset(f"folder:{tmp_path / 'three'}", image_size=8)
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (20, 4, 6)
+    _write_images(tmp_path / "caps" / "Train", {"a": 10, "b": 10})
+    _write_images(tmp_path / "caps" / "Test", {"a": 2, "b": 2})
+    assert load_dataset(f"folder:{tmp_path / 'caps'}", image_size=8).classes == ("a", "b")
+    _write_images(tmp_path / "extra" / "train", {"a": 4, "b": 4})
+    _write_images(tmp_path / "extra" / "test", {"a": 2, "b": 2, "fish": 2})
+    assert "class 'fish' is not in train/" in _one_line_error(f"folder:{tmp_path / 'extra'}")
+    _write_images(tmp_path / "alone" / "train", {"a": 4, "b": 4})
+    assert "no test/ or val/" in _one_line_error(f"folder:{tmp_path / 'alone'}")
+    mac = tmp_path / "mac"  # an archive unzipped on a Mac, with other image formats beside
+    _write_images(mac, {"a": 5, "b": 5})
+    Image.new("RGB", (9, 9)).save(mac / "a" / "img9.bmp")
+    (mac / "a" / "._img0.png").write_bytes(b"AppleDouble metadata, not an image")
+    _write_images(mac / "__MACOSX", {"a": 1})
+    data = load_dataset(f"folder:{mac}", image_size=8)
+    assert (
+        data.classes == ("a", "b") and len(data.train_y) + len(data.val_y) + len(data.test_y) == 11
+    )
+
+
+def test_synthetic_specs_refuse_what_they_cannot_honour():
+    assert "bad option 'size=²'" in _one_line_error("synthetic:size=²")
+    assert "below 2**63" in _one_line_error("synthetic:seed=99999999999999999999")
+    assert "size=2 is not in [4, 1024]" in _one_line_error("synthetic:size=2")
+    with pytest.raises(DatasetError, match="size=16 but an image size of 8; give one"):
+        load_dataset("synthetic:size=16", image_size=8)
+    assert load_dataset("synthetic:size=16", image_size=16).image_size == 16
 
 
 def test_digits_default_split_and_scaling():

@@ -26,6 +26,7 @@ import io
 import os
 import pickle
 import tarfile
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ CIFAR_TRAIN_IMAGES = 50_000
 DIGITS_IMAGES = 1797
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+#: Folders an archive tool or an OS adds beside the class folders, never classes.
+NOT_CLASSES = ("__MACOSX",)
 
 
 class DatasetError(ValueError):
@@ -189,7 +193,7 @@ def _load_folder_spec(arg: str, image_size: int | None, check_only: bool) -> _Lo
     if check_only:
         _require_class_folder(arg)
         split = _split_folders(arg)
-        classes = _class_names(split[0] if split else arg)
+        classes = _class_names(split["train"] if split else arg)
         return DatasetShape(3, image_size or 32, len(classes))
     return load_folder(arg, image_size or 32)
 
@@ -204,14 +208,19 @@ def _load_synthetic_spec(arg: str, image_size: int | None, check_only: bool) -> 
     options: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in arg.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or key not in _SYNTHETIC_KEYS or not value.strip().isdigit():
+        value = value.strip()
+        if not sep or key not in _SYNTHETIC_KEYS or not (value.isascii() and value.isdigit()):
             raise DatasetError(
                 f"synthetic: bad option {item!r}; use key=integer with keys "
                 f"{', '.join(_SYNTHETIC_KEYS)}"
             )
         options[key] = int(value)
+    if image_size is not None and options.get("size", image_size) != image_size:
+        raise DatasetError(
+            f"synthetic: size={options['size']} but an image size of {image_size}; give one"
+        )
     if image_size is not None:
-        options.setdefault("size", image_size)
+        options["size"] = image_size
     defaults = inspect.signature(make_synthetic).parameters
     options = {key: options.get(key, p.default) for key, p in defaults.items()}
     _check_synthetic_size(options)
@@ -225,9 +234,17 @@ def _load_synthetic_spec(arg: str, image_size: int | None, check_only: bool) -> 
 def _check_synthetic_size(options: dict[str, int]) -> None:
     """Refuse sizes that would allocate absurd amounts of memory (``options``: every
     argument of :func:`make_synthetic`)."""
+    if options["seed"] >= 2**63:
+        raise DatasetError(
+            f"synthetic: seed={options['seed']} is not below 2**63; use a smaller one"
+        )
+    if not 4 <= options["size"] <= MAX_IMAGE_SIZE:
+        raise DatasetError(f"synthetic: size={options['size']} is not in [4, {MAX_IMAGE_SIZE}]")
     n = options["train"] + options["val"] + options["test"]
-    pixels = n * options["channels"] * options["size"] ** 2
-    if options["size"] > MAX_IMAGE_SIZE or pixels > MAX_SYNTHETIC_BYTES:
+    pixels = (
+        (n + 4 * options["classes"]) * options["channels"] * options["size"] ** 2
+    )  # + templates
+    if pixels > MAX_SYNTHETIC_BYTES:
         raise DatasetError(
             f"synthetic: {n} images of side {options['size']} need "
             f"{pixels / 2**30:.1f} GiB; keep it under {MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB "
@@ -316,6 +333,11 @@ def _holdout_split(
 
 def _build(name: str, parts: tuple[torch.Tensor, ...], num_classes: int, **kw) -> Dataset:
     train_x, train_y, val_x, val_y, test_x, test_y = parts
+    if min(len(train_y), len(val_y), len(test_y)) == 0:
+        raise DatasetError(
+            f"{name}: too few images for a train / val / test split ({len(train_y)} / "
+            f"{len(val_y)} / {len(test_y)}); add images"
+        )
     mean, std = _channel_stats(train_x)
     return Dataset(
         name, train_x.contiguous(), train_y.long(), val_x.contiguous(), val_y.long(),
@@ -389,12 +411,16 @@ class _CifarUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # how protocol 5 stores an array's buffer
+        ("numpy._core.numeric", "_frombuffer"),
+        ("__builtin__", "bytes"),  # protocol 2 from Python 2 / numpy: an empty array's data
+        ("builtins", "bytes"),
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
-        if module.startswith("numpy.core"):
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
             module = "numpy._core" + module[len("numpy.core") :]
         return super().find_class(module, name)
 
@@ -435,7 +461,7 @@ def load_cifar(path: str, classes: int = 10) -> Dataset:
         raise DatasetError(f"{path}: labels outside 0..{classes - 1}; is this {what}?")
     order = _permutation(len(y))
     x, y = x[order], y[order]
-    n_val = min(CIFAR_VAL_SIZE, len(y) // 10)
+    n_val = min(CIFAR_VAL_SIZE, max(1, len(y) // 10))
     parts = (x[n_val:], y[n_val:], x[:n_val], y[:n_val], test_x, test_y)
     names = _cifar_class_names(members[layout.meta], layout.names_key, classes)
     return _build(what, parts, classes, classes=names)
@@ -506,13 +532,35 @@ def _cifar_batch(blob: bytes, name: str, label_key: str, path: str, what: str):
     if "data" not in data or label_key not in data:
         raise DatasetError(f"{path}: member {name} lacks 'data' or '{label_key}'; is this {what}?")
     pixels = np.asarray(data["data"])
-    labels = np.asarray(data[label_key], dtype=np.int64)
     if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3072:
         raise DatasetError(f"{path}: {name} has data {pixels.shape}, expected N x 3072 uint8")
-    if labels.shape != (pixels.shape[0],):
-        raise DatasetError(f"{path}: {name} has {labels.size} labels for {len(pixels)} images")
+    if len(pixels) == 0:
+        raise DatasetError(f"{path}: {name} holds no images; is this {what}?")
+    labels = _integer_labels(data[label_key], len(pixels), f"{path}: {name}", what)
     x = torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy())
     return x, torch.from_numpy(labels)
+
+
+def _integer_labels(given: object, images: int, where: str, what: str) -> np.ndarray:
+    """``given`` as one int64 label per image; :class:`DatasetError` for anything else (None,
+    strings, fractions, nested lists, numbers past int64)."""
+    try:
+        labels = np.asarray(given)
+    except (ValueError, OverflowError):
+        labels = None
+    integral = labels is not None and (
+        labels.dtype.kind in "iu"
+        or (labels.dtype.kind == "O" and all(isinstance(v, int) for v in labels.reshape(-1)))
+    )
+    if not integral:
+        raise DatasetError(f"{where}: its labels are not integers; is this {what}?")
+    if labels.shape != (images,):
+        raise DatasetError(
+            f"{where}: labels of shape {labels.shape} for {images} images (one integer each)"
+        )
+    if labels.dtype.kind == "O" and any(not -(2**63) <= v < 2**63 for v in labels):
+        raise DatasetError(f"{where}: labels beyond 64-bit integers; is this {what}?")
+    return labels.astype(np.int64)
 
 
 def _cifar_class_names(blob: bytes, key: str, classes: int) -> tuple[str, ...] | None:
@@ -530,45 +578,71 @@ def _cifar_class_names(blob: bytes, key: str, classes: int) -> tuple[str, ...] |
 
 
 def load_folder(path: str, image_size: int = 32) -> Dataset:
-    """An ImageFolder-style directory: ``PATH/<class>/*.png|jpg``, optionally under
-    ``PATH/train`` and ``PATH/test`` (or ``PATH/val``); images are resized to ``image_size``."""
+    """An ImageFolder-style directory: ``PATH/<class>/*.png|jpg|...``, or ``PATH/train`` with
+    ``PATH/test`` and/or ``PATH/val`` holding such class folders (any case: ``Train``); images
+    are resized to ``image_size``. With both ``val`` and ``test`` each is its split; with one
+    of them it is the test split and the validation split is cut from ``train``."""
     _require_class_folder(path)
     split = _split_folders(path)
     if split:
-        classes = _class_names(split[0])
-        x, y = _read_images(split[0], classes, image_size)
-        test_x, test_y = _read_images(split[1], classes, image_size)
-        order = _permutation(len(y))
-        n_val = max(1, len(y) // 10)
-        x, y = x[order], y[order]
-        parts = (x[n_val:], y[n_val:], x[:n_val], y[:n_val], test_x, test_y)
+        classes = _class_names(split["train"])
+        x, y = _read_images(split["train"], classes, image_size)
+        held = {k: _read_images(split[k], classes, image_size, "train")
+                for k in ("val", "test") if k in split}  # fmt: skip
+        if len(held) == 2:
+            parts = (x, y, *held["val"], *held["test"])
+        else:
+            (test_x, test_y), order = next(iter(held.values())), _permutation(len(y))
+            n_val = max(1, len(y) // 10)
+            x, y = x[order], y[order]
+            parts = (x[n_val:], y[n_val:], x[:n_val], y[:n_val], test_x, test_y)
     else:
         classes = _class_names(path)
         x, y = _read_images(path, classes, image_size)
         n_hold = max(1, len(y) // 10)
         parts = _holdout_split(x, y, n_val=n_hold, n_test=n_hold)
-    if len(parts[0]) == 0:
-        raise DatasetError(f"{path}: too few images for a train / val / test split")
     return _build(f"folder:{path}", parts, len(classes), classes=tuple(classes))
 
 
-def _split_folders(path: str) -> tuple[str, str] | None:
-    """``(PATH/train, PATH/test or PATH/val)`` where both exist, else None."""
-    test_dir = next((d for d in ("test", "val") if os.path.isdir(os.path.join(path, d))), None)
-    train_dir = os.path.join(path, "train")
-    if test_dir is None or not os.path.isdir(train_dir):
+#: The split folders of a folder dataset (matched in any case).
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def _split_folders(path: str) -> dict[str, str] | None:
+    """``{"train": PATH/train, "test": ..., "val": ...}`` for the split folders present, when
+    ``train`` and at least one of the others are; else None."""
+    found = {e.name.lower(): e.path for e in os.scandir(path)
+             if e.is_dir() and e.name.lower() in SPLIT_FOLDERS}  # fmt: skip
+    if "train" not in found or len(found) < 2:
         return None
-    return train_dir, os.path.join(path, test_dir)
+    return found
 
 
 def _class_names(path: str) -> list[str]:
-    names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
-    if len(names) < 2:
-        raise DatasetError(f"{path}: found {len(names)} class subfolders; need at least 2")
-    return names
+    names = sorted(_subfolders(path))
+    if len(names) >= 2:
+        return names
+    if [n.lower() for n in names] == ["train"]:
+        raise DatasetError(f"{path}: has train/ but no test/ or val/ beside it; add one")
+    raise DatasetError(f"{path}: found {len(names)} class subfolders; need at least 2")
 
 
-def _read_images(path: str, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _subfolders(path: str) -> list[str]:
+    """The folders under ``path`` that can be classes (not hidden, not ``__MACOSX``)."""
+    return [e.name for e in os.scandir(path)
+            if e.is_dir() and not e.name.startswith(".") and e.name not in NOT_CLASSES]  # fmt: skip
+
+
+def _read_images(
+    path: str, classes: list[str], size: int, classes_from: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of ``classes`` under ``path``; ``classes_from`` names the split the classes
+    come from when ``path`` must not hold others."""
+    extra = sorted(set(_subfolders(path)) - set(classes)) if classes_from else []
+    if extra:
+        raise DatasetError(
+            f"{path}: class {extra[0]!r} is not in {classes_from}/; add it there or remove it"
+        )
     files, labels = _list_images(path, classes)
     _check_fits_in_memory(path, len(files), 3, size)
     images = np.empty((len(files), 3, size, size), dtype=np.uint8)
@@ -584,10 +658,12 @@ def _list_images(path: str, classes: list[str]) -> tuple[list[str], list[int]]:
         folder = os.path.join(path, name)
         if not os.path.isdir(folder):
             raise DatasetError(f"{path}: class folder {name!r} is missing (it exists in train)")
-        files = [f for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_SUFFIXES)]
+        files = [f for f in sorted(os.listdir(folder))
+                 if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]  # fmt: skip
         if not files:
             raise DatasetError(
-                f"{folder}: class {name!r} has no .png/.jpg images; add some or remove the folder"
+                f"{folder}: class {name!r} has no images ({', '.join(IMAGE_SUFFIXES)}); add some "
+                "or remove the folder"
             )
         images += [os.path.join(folder, file) for file in files]
         labels += [label] * len(files)
@@ -598,17 +674,31 @@ def _decode_image(file: str, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(file) as img:
+        with Image.open(file) as img, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's advice on palette transparency
             if img.width * img.height > MAX_SOURCE_PIXELS:
                 raise DatasetError(
                     f"{file}: {img.width}x{img.height} pixels, more than the limit of "
                     f"{MAX_SOURCE_PIXELS:,}; shrink the image or remove it"
                 )
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale where possible
-            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            rgb = _eight_bit(img).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:  # fmt: skip
+        # Pillow raises SyntaxError for some broken PNG chunks
         raise DatasetError(f"{file}: cannot decode image ({err}); remove or replace it") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _eight_bit(img):
+    """16-bit grayscale (Pillow's modes ``I;16*`` and ``I``) scaled to 8 bits; Pillow's own
+    conversion clips those values at 255 instead."""
+    from PIL import Image
+
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return img
+    values = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
 
 
 # --------------------------------------------------------------------------- augmentation

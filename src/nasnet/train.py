@@ -208,13 +208,22 @@ def check_can_start(
     genotype: Genotype, config: TrainConfig, data: Dataset, check_memory: bool = True
 ) -> None:
     """Raise :class:`OptionError` if a run of ``config`` on ``data`` cannot start: fewer than
-    two training images (BatchNorm trains on batch statistics) or, unless ``check_memory`` is
-    off, not enough memory (:func:`check_training_memory`)."""
+    two training images (BatchNorm trains on batch statistics), a Cutout square larger than
+    the images (it would blank them all) or, unless ``check_memory`` is off, not enough memory
+    (:func:`check_training_memory`)."""
     images = len(data.train_y)
     require(images >= 2, "dataset", f"{images} training image: BatchNorm trains on batches of "
             "at least 2; give it more images")  # fmt: skip
+    check_cutout(config, data.image_size)
     if check_memory:
         check_training_memory(genotype, config, data)
+
+
+def check_cutout(config: TrainConfig, image_size: int) -> None:
+    """:class:`OptionError` on ``cutout`` when its square is larger than the images: it
+    would blank every training image."""
+    require(config.cutout <= image_size, "cutout", f"{config.cutout} pixels is more than the "
+            f"{image_size}-pixel images; at most {image_size}")  # fmt: skip
 
 
 def check_training_memory(

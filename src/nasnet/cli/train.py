@@ -150,10 +150,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     if os.path.exists(os.path.join(args.out, DB_NAME)):
         raise UserError(f"--out {args.out}: holds a 'nasnet search'; give the run its own folder")
-    try:
-        ensure_directory(args.out)
-    except DirectoryError as err:
-        raise UserError(str(err)) from None
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out}: is a file, not a directory; choose another directory")
     config = config_from_args(args)
     try:
         genotype = resolve_genotype(config.genotype)
@@ -166,6 +164,10 @@ def run_train(args: argparse.Namespace) -> int:
     except DatasetError as err:
         raise UserError(f"--dataset: {err}") from None
     except ValueError as err:
+        raise UserError(str(err)) from None
+    try:  # only now: a refused run leaves no empty folder behind
+        ensure_directory(args.out)
+    except DirectoryError as err:
         raise UserError(str(err)) from None
     console = Console(stderr=True)
     console.print(

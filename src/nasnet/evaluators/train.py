@@ -26,7 +26,7 @@ from nasnet.data import DatasetShape
 from nasnet.evaluators.base import Evaluator, RewardOptions
 from nasnet.options import OptionError, check_at_least, check_finite, option, require
 from nasnet.space import Genotype
-from nasnet.train import check_training_memory, train
+from nasnet.train import check_cutout, check_training_memory, train
 from nasnet.trials import TrialOutcome
 
 #: The metrics of a child run that a search keeps (never the test accuracy).
@@ -136,6 +136,10 @@ class TrainEvaluator(Evaluator):
         estimate is for one child sampled from the space with a fixed seed; children of other
         cells may need somewhat more or less."""
         shape = check_child_dataset(self.child.dataset, self.child.image_size)
+        try:
+            check_cutout(self.child, shape.image_size)
+        except OptionError as err:
+            raise err.within("child") from None
         if not children_at_once:
             return
         typical = self.space.sample(random.Random(0))
