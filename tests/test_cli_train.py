@@ -147,3 +147,61 @@ def test_a_cutout_larger_than_the_images_is_refused_and_leaves_no_folder(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--cutout: 17 pixels is more than the 16-pixel images" in err
     assert not out.exists()
+
+
+def test_a_relative_dataset_path_is_saved_absolute_and_resumes_in_any_spelling(
+    tmp_path, capsys, monkeypatch
+):
+    import numpy as np
+    from PIL import Image
+
+    from nasnet.data import given_spec
+
+    for label in ("cat", "dog"):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(
+                tmp_path / "pics" / label / f"{i}.png"
+            )
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--cells", "1", "--filters", "4", "--threads", "1", "--image-size", "8",
+            "--batch-size", "4", "--quiet"]  # fmt: skip
+    assert main(["train", *tiny, "--dataset", "folder:pics", "--out", "run"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+    assert saved == f"folder:{tmp_path / 'pics'}"
+    assert main(["train", *tiny, "--dataset", "folder:./pics/", "--out", "run"]) == 0  # resumes
+    monkeypatch.chdir(tmp_path / "pics")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run")]) == 0  # from another working directory
+    assert "val accuracy" in capsys.readouterr().out
+    # a run saved with a relative path by an earlier nasnet keeps it, from the same folder
+    monkeypatch.chdir(tmp_path)
+    assert given_spec("folder:pics/", "folder:pics") == "folder:pics"
+
+
+def test_a_run_refuses_data_that_changed_since_it_was_trained(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    pics = tmp_path / "pics"
+    for label in ("cat", "dog"):
+        (pics / label).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((8, 8, 3), 10 * i + 100 * (label == "dog"), np.uint8)).save(
+                pics / label / f"{i}.png"
+            )
+    out = str(tmp_path / "run")
+    tiny = ["--cells", "1", "--filters", "4", "--threads", "1", "--image-size", "8",
+            "--batch-size", "4", "--epochs", "2", "--quiet", "--dataset", f"folder:{pics}",
+            "--out", out]  # fmt: skip
+    assert main(["train", *tiny]) == 0
+    result = (tmp_path / "run" / "result.json").read_text()
+    assert main(["evaluate", out]) == 0
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(pics / "cat" / "extra.png")  # reshuffles
+    capsys.readouterr()
+    assert main(["evaluate", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the data this run was trained on" in err
+    assert main(["train", *tiny]) == 1  # a resume fails, its result kept
+    assert "not the data this run was trained on" in capsys.readouterr().err
+    assert (tmp_path / "run" / "result.json").read_text() == result

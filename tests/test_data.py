@@ -396,3 +396,21 @@ def test_digits_augmentation_never_flips():
 def test_a_missing_cifar_path_is_named_before_the_image_size(tmp_path):
     with pytest.raises(DatasetError, match="no such file or folder"):
         load_dataset(f"cifar10:{tmp_path / 'missing'}", image_size=8)
+
+
+def test_a_corrupt_gzip_is_caught_by_its_checksum(tmp_path, cifar10_tar):
+    with open(cifar10_tar, "rb") as fh:
+        blob = bytearray(fh.read())
+    blob[len(blob) // 2] ^= 0xFF  # inside the compressed data: only the CRC can tell
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(bytes(blob))
+    message = _one_line_error(f"cifar10:{bad}")
+    assert "truncated or corrupt archive" in message and "download it again" in message
+
+
+def test_a_missing_batch_is_named_from_the_parent_folder_too(tmp_path):
+    members = _cifar10_members()
+    del members["data_batch_3"]
+    _write_dir(str(tmp_path / "cifar-10-batches-py"), members)
+    message = _one_line_error(f"cifar10:{tmp_path}")
+    assert "cifar-10-batches-py: not a cifar10 folder (no data_batch_3)" in message

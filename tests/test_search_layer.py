@@ -440,3 +440,19 @@ def test_early_stopping_stops_children_and_resumes_exactly(tmp_path, capsys):
     page = tmp_path / "report.html"
     assert main(["report", reference, "-o", str(page)]) == 0
     assert "<th>stopped early</th>" in page.read_text()
+
+
+def test_a_relative_child_dataset_path_is_saved_absolute(tmp_path, monkeypatch):
+    from nasnet.train import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+
+    def config(dataset: str, budget: int) -> SearchConfig:
+        return SearchConfig(strategy="random", evaluator="toy", executor="inprocess",
+                            budget=budget, child=TrainConfig(dataset=dataset))  # fmt: skip
+
+    run_search("exp", config("folder:pics", 2))
+    with Store.open("exp", readonly=True) as store:
+        assert store.config()["child"]["dataset"] == f"folder:{tmp_path / 'pics'}"
+    run_search("exp", config("folder:./pics/", 3))  # the same data: resumes
+    assert summarize("exp")["finished"] == 3

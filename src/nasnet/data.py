@@ -21,6 +21,8 @@ normalised float tensors (random crop with zero padding, horizontal flip, Cutout
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import io
 import os
@@ -94,6 +96,19 @@ class Dataset:
         """Padding of the random crop: 4 px at 32x32, scaled with the image size."""
         return max(1, self.image_size // 8)
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A fingerprint of the splits: their sizes, labels and each image's pixel sum. A run
+        records it, so that resuming or evaluating on data that changed (an image added to a
+        folder reshuffles its splits) is refused rather than silently measured."""
+        h = hashlib.blake2b(digest_size=16)
+        for name in ("train", "val", "test"):
+            x, y = self.split(name)
+            h.update(f"{name}:{tuple(x.shape)}".encode())
+            h.update(y.numpy().tobytes())
+            h.update(x.reshape(len(x), -1).sum(1, dtype=torch.int64).numpy().tobytes())
+        return h.hexdigest()
+
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, labels)`` of ``train``, ``val`` or ``test``."""
         if name not in ("train", "val", "test"):
@@ -143,6 +158,28 @@ def check_dataset_spec(spec: str, image_size: int | None = None) -> DatasetShape
     shape = loader(arg, image_size, True)
     assert isinstance(shape, DatasetShape)
     return shape
+
+
+#: Dataset kinds whose argument is a path.
+_PATH_KINDS = ("cifar10", "cifar100", "folder")
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its path made absolute (``cifar10:``, ``cifar100:``, ``folder:``): a saved
+    run then finds its data from any working directory. Other specs are returned unchanged."""
+    kind, _, arg = spec.partition(":")
+    if kind.strip().lower() not in _PATH_KINDS or not arg:
+        return spec
+    return f"{kind}:{os.path.abspath(os.path.expanduser(arg))}"
+
+
+def given_spec(given: str, saved: str | None) -> str:
+    """The dataset spec to record for ``given`` when a run, transfer or search saved ``saved``:
+    ``saved`` itself when both name the same data (``folder:f3``, ``folder:./f3/`` and
+    ``folder:/abs/f3`` do, from the folder holding ``f3``), so that runs saved with a relative
+    path resume; else ``given`` made absolute."""
+    absolute = absolute_spec(given)
+    return saved if saved is not None and absolute_spec(saved) == absolute else absolute
 
 
 def _parse_spec(spec: str) -> tuple[_SpecLoader, str]:
@@ -479,8 +516,10 @@ def _read_cifar_members(path: str, layout: _CifarLayout, what: str) -> dict[str,
             return {n: _read_bytes(os.path.join(base, n)) for n in names}
     if os.path.isfile(os.path.join(path, layout.archive)):
         return _read_cifar_tar(os.path.join(path, layout.archive), names, what, hint)
-    missing = next(n for n in names if not os.path.isfile(os.path.join(path, n)))
-    raise DatasetError(f"{path}: not a {what} folder (no {missing}); {hint}")
+    inner = os.path.join(path, layout.folder)
+    base = inner if os.path.isdir(inner) else path
+    missing = next(n for n in names if not os.path.isfile(os.path.join(base, n)))
+    raise DatasetError(f"{base}: not a {what} folder (no {missing}); {hint}")
 
 
 def _read_bytes(path: str) -> bytes:
@@ -496,6 +535,8 @@ def _read_cifar_tar(path: str, names: list[str], what: str, hint: str) -> dict[s
                 base = os.path.basename(member.name)
                 if member.isfile() and base in names and base not in found:
                     found[base] = tar.extractfile(member).read()
+            while tar.fileobj.read(1 << 20):  # to the end: gzip checks its CRC only there
+                pass
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as err:
         if not _looks_compressed(path):
             raise DatasetError(f"{path}: not a tar archive; {hint}") from None

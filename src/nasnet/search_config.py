@@ -184,6 +184,7 @@ def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> Searc
     experiment the others keep their saved values.
     """
     base = SearchConfig().to_dict() if saved is None else SearchConfig.from_dict(saved).to_dict()
+    given = _with_dataset_path(given, None if saved is None else base["child"]["dataset"])
     merged = dict(base)
     for key, value in given.items():
         if key not in merged:
@@ -207,6 +208,17 @@ def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> Searc
     if saved is not None:
         _check_unchanged(_with_defaults(base), _with_defaults(config.to_dict()), nested=True)
     return config
+
+
+def _with_dataset_path(given: dict[str, Any], saved: str | None) -> dict[str, Any]:
+    """``given`` with its child dataset's path made absolute (or kept as saved, when it names
+    the same data): see :func:`nasnet.data.given_spec`."""
+    from nasnet.data import given_spec
+
+    child = given.get("child")
+    if not isinstance(child, dict) or not isinstance(child.get("dataset"), str):
+        return given
+    return {**given, "child": {**child, "dataset": given_spec(child["dataset"], saved)}}
 
 
 def _keeps_state(evaluator: Any) -> bool:

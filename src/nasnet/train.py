@@ -372,6 +372,7 @@ class ChildTrainer:
             "train_images": self.train_images,
             "rng": _rng_state(self.aug_gen),
             "network": self.model.config.to_dict(),
+            "data_digest": self.data.digest,
         }
 
     def load(self, state: dict) -> None:
@@ -586,9 +587,14 @@ def _prepare(
 
         fix = "delete it to train from scratch, or use a new output directory"
         try:
-            run.load(read_torch_file(checkpoint, "a nasnet training checkpoint", fix))
+            state = read_torch_file(checkpoint, "a nasnet training checkpoint", fix)
         except WeightFileError as err:
             raise CheckpointError(str(err)) from None
+        changed = data_changed(state, data) if isinstance(state, dict) else None
+        if changed:
+            raise CheckpointError(changed)
+        try:
+            run.load(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             detail = f"missing {err}" if isinstance(err, KeyError) else type(err).__name__
             raise CheckpointError(
@@ -667,6 +673,17 @@ def _write_result(out_dir: str, result: dict) -> None:
             result.update(status="failed", reason=f"cannot write {RESULT_FILE}: {err}")
 
 
+def data_changed(state: dict, data: Dataset) -> str | None:
+    """Why the checkpoint ``state`` cannot go on with ``data``: it was trained on other data
+    (its :attr:`~nasnet.data.Dataset.digest`; older checkpoints record none). None if it can."""
+    if state.get("data_digest") in (None, data.digest):
+        return None
+    return (
+        f"{data.name}: not the data this run was trained on (images added, removed or changed "
+        "since, which changes the splits); restore them, or train a new run"
+    )
+
+
 def evaluate_run(out_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Reload the model saved in ``out_dir`` and re-evaluate it; returns accuracy and loss
     per split (``val_accuracy``, ``test_loss``, ...) plus ``epochs_done``.
@@ -675,6 +692,9 @@ def evaluate_run(out_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dic
     """
     config, genotype, state = _load_run(out_dir)
     data = load_dataset(config.dataset, config.image_size)
+    changed = data_changed(state, data)
+    if changed:
+        raise ValueError(changed)
     with preserve_global_state():
         model = build_model(genotype, config, data)
     try:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nasnet.cli import UserError
-from nasnet.data import DatasetError, load_dataset
+from nasnet.data import DatasetError, given_spec, load_dataset
 from nasnet.files import DirectoryError, ensure_directory, read_json
 from nasnet.lock import TRAIN_BUSY, TRAIN_LOCK_NAME, ExperimentLock, ExperimentLocked
 from nasnet.options import OptionError
@@ -132,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, overridden by the run saved in ``--out``, overridden by the given options."""
     values = TrainConfig().to_dict()
     saved = os.path.join(args.out, CONFIG_FILE)
+    saved_dataset = None
     if os.path.exists(saved):
         try:
             config = TrainConfig.from_dict(read_json(saved, "training config"))
@@ -139,7 +140,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         except (ValueError, TypeError) as err:
             raise UserError(f"{saved}: not a valid nasnet training config ({err})") from None
         values.update(config.to_dict())
+        saved_dataset = config.dataset
     values.update(training_values(args))
+    values["dataset"] = given_spec(values["dataset"], saved_dataset)
     flags = ("nesterov", "channels_last", "eval_test")
     values.update({n: getattr(args, n) for n in flags if getattr(args, n) is not None})
     config = TrainConfig.from_dict(values)

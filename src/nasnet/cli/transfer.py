@@ -11,7 +11,7 @@ from rich.console import Console
 
 from nasnet.cli import UserError
 from nasnet.cli.train import ProgressBar, add_training_options, flag_of, training_values
-from nasnet.data import DatasetError
+from nasnet.data import DatasetError, given_spec
 from nasnet.files import DirectoryError
 from nasnet.lock import ExperimentLocked
 from nasnet.options import OptionError
@@ -53,8 +53,10 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, list[Source]]:
         previous = previous_transfer(args.out)
     except TransferError as err:
         raise UserError(str(err)) from None
-    values = {**TrainConfig().to_dict(), **(previous or {}).get("config", {})}
-    config = TrainConfig.from_dict({**values, **training_values(args)})
+    saved = (previous or {}).get("config", {})
+    values = {**TrainConfig().to_dict(), **saved, **training_values(args)}
+    values["dataset"] = given_spec(values["dataset"], saved.get("dataset"))
+    config = TrainConfig.from_dict(values)
     config.check()
     try:
         return config, sources_to_resume(args.source, args.top, previous)
