@@ -212,3 +212,13 @@ def test_a_reader_that_goes_away_ends_show_quietly(tmp_path, form):
     os.close(write_end)
     assert proc.wait(timeout=60) == 141
     assert proc.stderr.read() == b""
+
+
+def test_an_export_leaves_the_model_in_its_own_mode(tmp_path):
+    model = nasnet.build_network(nasnet.NASNET_A, cells=1, filters=4, auxiliary=True)
+    model.train()
+    model.aux_head.eval()  # each module's own mode comes back, not just the top one's
+    for fmt, name in (("torchscript", "m.pt"), ("onnx", "m.onnx")):
+        export_model(model, str(tmp_path / name), fmt, 16)
+        verify_export(model, str(tmp_path / name), fmt, 16)
+        assert model.training and model.cells[0].training and not model.aux_head.training

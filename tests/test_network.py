@@ -1,4 +1,5 @@
 import random
+import re
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import nasnet
 from nasnet.genotypes import NASNET_A
 from nasnet.network import build_network, cell_output_shapes, filters_for_penultimate
 from nasnet.ops import DropPath
-from nasnet.space import OPS, Block, Cell, Genotype, SearchSpace
+from nasnet.space import OPS, Block, Cell, Genotype, GenotypeError, SearchSpace
 
 
 def meta_model(name, **kw):
@@ -313,3 +314,42 @@ def test_a_network_first_run_under_inference_mode_then_trains():
     assert ops._reciprocal_window_sizes.cache_info().currsize > 0
     model.train()(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_reset_classifier_takes_timm_s_arguments_and_drops_the_aux_head_at_zero():
+    model = build_network(NASNET_A, cells=1, filters=4, num_classes=10, auxiliary=True)
+    model.reset_classifier(3, global_pool="avg")
+    assert model.classifier.out_features == 3 and model.aux_head.classifier.out_features == 3
+    model.reset_classifier(0, "")
+    assert model.aux_head is None and isinstance(model.classifier, torch.nn.Identity)
+    logits, aux = model.train().forward_with_aux(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, model.num_features) and aux is None
+    with pytest.raises(ValueError, match="global_pool: 'max'"):
+        model.reset_classifier(3, global_pool="max")
+
+
+def test_create_model_takes_timm_s_pretrained_flag_but_never_downloads():
+    assert nasnet.create_model("nasnet_a_cifar", pretrained=False, cells=1, filters=4)
+    with pytest.raises(ValueError, match="weights are never downloaded"):
+        nasnet.create_model("nasnet_a_cifar", pretrained=True)
+
+
+@pytest.mark.parametrize("kwargs, problem", [
+    ({"cells": 1.5}, "cells: must be an integer of at least 1, got 1.5"),
+    ({"filters": 4.5}, "filters: must be an integer of at least 1, got 4.5"),
+    ({"num_classes": -1}, "num_classes: must be an integer of at least 0, got -1"),
+    ({"in_chans": 0}, "in_chans: must be an integer of at least 1, got 0"),
+])  # fmt: skip
+def test_build_network_names_a_bad_size(kwargs, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        build_network(NASNET_A, **{"cells": 1, "filters": 4, **kwargs})
+
+
+def test_build_network_takes_any_genotype_form_and_checks_python_built_blocks():
+    assert build_network("nasnet_a", cells=1, filters=4).genotype == NASNET_A
+    assert build_network(NASNET_A.to_dict(), cells=1, filters=4).genotype == NASNET_A
+    blocks = list(NASNET_A.normal.blocks)
+    blocks[0] = Block(0.0, 1, "identity", "identity")
+    bad = Genotype(Cell(tuple(blocks)), NASNET_A.reduction)
+    with pytest.raises(GenotypeError, match=r"normal.blocks\[0\].input_1: 0.0 is not a state"):
+        build_network(bad, cells=1, filters=4)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -456,3 +457,18 @@ def test_a_relative_child_dataset_path_is_saved_absolute(tmp_path, monkeypatch):
         assert store.config()["child"]["dataset"] == f"folder:{tmp_path / 'pics'}"
     run_search("exp", config("folder:./pics/", 3))  # the same data: resumes
     assert summarize("exp")["finished"] == 3
+
+
+def test_a_script_without_the_main_guard_is_told_what_is_missing(tmp_path):
+    script = tmp_path / "search.py"
+    script.write_text(
+        "from nasnet.search import run_search\n"
+        "from nasnet.search_config import SearchConfig\n"
+        "run_search('exp', SearchConfig(strategy='random', evaluator='toy', budget=2, "
+        "workers=1, max_failures=1))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode != 0
+    assert "put the search under 'if __name__ == \"__main__\":'" in proc.stderr

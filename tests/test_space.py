@@ -1,5 +1,6 @@
 import json
 import random
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -250,3 +251,14 @@ def test_uniform_sampling_covers_every_choice():
 def test_search_space_round_trips_through_dict():
     space = SearchSpace(num_blocks=3, ops=("identity", "sep_conv_3x3"))
     assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
+
+
+@pytest.mark.parametrize("where, key", [("genotype", "name"), ("normal", "concta"),
+                                        ("normal.blocks[0]", "combin")])  # fmt: skip
+def test_a_misspelt_key_in_a_genotype_is_refused_not_ignored(where, key):
+    data = json.loads(NASNET_A.to_json())
+    target = {"genotype": data, "normal": data["normal"],
+              "normal.blocks[0]": data["normal"]["blocks"][0]}[where]  # fmt: skip
+    target[key] = 1
+    with pytest.raises(GenotypeError, match=rf"^{re.escape(where)}\.{key}: unknown key"):
+        Genotype.from_dict(data)

@@ -7,10 +7,12 @@ model and holds the difference to ``1e-4 x max(1, |logits|)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,11 +28,24 @@ def _example(model: nn.Module, image_size: int, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, in_chans, image_size, image_size)
 
 
+@contextlib.contextmanager
+def _in_eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block; every module's own mode is restored after (an
+    export must not leave a model that is still training with frozen BatchNorm)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 17) -> str:
-    """Write ``model`` (eval mode) as ONNX with input ``images`` and output ``logits``."""
-    model = model.eval()
+    """Write ``model`` (in eval mode; its mode is restored) as ONNX with input ``images`` and
+    output ``logits``."""
     buffer = io.BytesIO()  # then one atomic write: a full disk leaves no partial file
-    with warnings.catch_warnings():
+    with _in_eval_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about fixed spatial sizes
         torch.onnx.export(
             model,
@@ -47,11 +62,12 @@ def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 17) -
 
 
 def export_torchscript(model: nn.Module, path: str, image_size: int) -> str:
-    """Trace ``model`` (eval mode) to TorchScript and save it, without the aux head."""
-    model = _without_aux_head(model.eval())
-    with warnings.catch_warnings(), torch.no_grad():
+    """Trace ``model`` (in eval mode; its mode is restored) to TorchScript and save it,
+    without the aux head."""
+    with _in_eval_mode(model), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, _example(model, image_size))
+        inference = _without_aux_head(model)
+        traced = torch.jit.trace(inference, _example(inference, image_size))
     buffer = io.BytesIO()  # torch.jit.save aborts the process when the disk fills
     torch.jit.save(traced, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -139,7 +155,13 @@ def _compare(
     """(max |export - model|, max |model logits|) over one input per batch size."""
     if fmt not in FORMATS:
         raise ValueError(f"format: unknown {fmt!r}; choose onnx or torchscript")
-    model = model.eval()
+    with _in_eval_mode(model):
+        return _compare_in_eval(model, path, fmt, image_size, batch_sizes, seed)
+
+
+def _compare_in_eval(
+    model: nn.Module, path: str, fmt: str, image_size: int, batch_sizes, seed: int
+) -> tuple[float, float]:
     generator = torch.Generator().manual_seed(seed)
     if fmt == "onnx":
         import onnxruntime

@@ -460,14 +460,21 @@ class NASNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier (and the aux classifier) for ``num_classes`` outputs."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier (and the aux classifier) for ``num_classes`` outputs; 0
+        leaves the pooled features (and removes the aux head, which has nothing to predict).
+        ``global_pool`` is timm's argument: only ``"avg"`` (the pooling these networks use)
+        or None / ``""`` (unchanged) are accepted."""
+        if global_pool not in (None, "", "avg"):
+            raise ValueError(f"global_pool: {global_pool!r}; NASNet pools by average ('avg')")
         self.num_classes = num_classes
         self.classifier = (
             nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         )
-        if self.aux_head is not None:
-            self.aux_head.classifier = nn.Linear(768, max(num_classes, 1))
+        if self.aux_head is not None and num_classes > 0:
+            self.aux_head.classifier = nn.Linear(768, num_classes)
+        elif self.aux_head is not None:
+            self.aux_head = None
 
 
 def _spatial_size(cfg: NetworkConfig, stride: int) -> int:
@@ -520,7 +527,7 @@ def _normal_width(genotype: Genotype) -> int:
 
 
 def build_network(
-    genotype: Genotype,
+    genotype: Genotype | str | dict,
     stem: str = "cifar",
     cells: int = 6,
     filters: int | None = None,
@@ -529,15 +536,25 @@ def build_network(
     in_chans: int = 3,
     **options,
 ) -> NASNet:
-    """Build a NASNet network from any genotype: ``cells`` normal cells per stage, sized by
-    ``filters`` (F) or by the paper's penultimate width ``penultimate`` (P of "N @ P").
+    """Build a NASNet network from any genotype (a :class:`Genotype`, its dict, a known name
+    or a JSON file): ``cells`` normal cells per stage, sized by ``filters`` (F) or by the
+    paper's penultimate width ``penultimate`` (P of "N @ P").
 
     Other options are the fields of :class:`NetworkConfig` (``image_size``, ``auxiliary``,
     ``drop_path_keep_prob``, ``dropout``, ``stem_multiplier``, ``skip_reduction_layer_input``,
     ``bn_eps``, ``bn_momentum``, ``num_reductions``).
     """
+    from nasnet.genotypes import resolve_genotype
+
+    genotype = validate_genotype(resolve_genotype(genotype))
     if (filters is None) == (penultimate is None):
         raise ValueError("give exactly one of filters= (F) or penultimate= (P of 'N @ P')")
+    sizes = {"cells": (cells, 1), "filters": (filters, 1), "penultimate": (penultimate, 1),
+             "num_classes": (num_classes, 0), "in_chans": (in_chans, 1)}  # fmt: skip
+    for name, (value, low) in sizes.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < low):  # fmt: skip
+            raise ValueError(f"{name}: must be an integer of at least {low}, got {value!r}")
     if filters is None:
         filters = filters_for_penultimate(genotype, penultimate, options.get("num_reductions", 2))
     unknown = set(options) - set(NetworkConfig.__dataclass_fields__)

@@ -89,6 +89,11 @@ def create_model(
     """
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    if overrides.pop("pretrained", False):  # timm's argument; nothing is ever downloaded here
+        raise ValueError(
+            "pretrained: weights are never downloaded; build the model, then load a local file "
+            "with nasnet.load_pretrained (or 'nasnet import-weights')"
+        )
     preset = PRESETS[name]
     kwargs: dict = {
         "stem": preset.stem,

@@ -25,6 +25,7 @@ Only one driver runs an experiment at a time (:mod:`nasnet.lock`).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import time
 import warnings
@@ -505,8 +506,15 @@ def run_search(
     """Create or resume the experiment in ``directory`` and run it to its budget.
 
     ``config`` is a :class:`SearchConfig` or a dict of the options given (see
-    :func:`open_experiment`).
+    :func:`open_experiment`). A script calling it needs ``if __name__ == "__main__":``: the
+    local executor's worker processes start by importing the main script, and one that would
+    run the search again is stopped with a :class:`SearchError` saying so.
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SearchError(
+            "run_search was called while a worker process starts, which imports the main "
+            "script: put the search under 'if __name__ == \"__main__\":'"
+        )
     with open_experiment(directory, config) as experiment:
         return Search(experiment, executor, on_event, fn).run()
 

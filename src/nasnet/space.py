@@ -77,12 +77,21 @@ class Block:
     def from_dict(cls, data: object, where: str = "block") -> Block:
         if not isinstance(data, dict):
             raise GenotypeError(f"{where}: expected an object with 'inputs', 'ops', 'combine'")
+        _known_keys(data, ("inputs", "ops", "combine"), where)
         inputs = _pair(data.get("inputs"), f"{where}.inputs", int)
         ops = _pair(data.get("ops"), f"{where}.ops", str)
         combine = data.get("combine", "add")
         if not isinstance(combine, str):
             raise GenotypeError(f"{where}.combine: expected a string such as 'add'")
         return cls(inputs[0], inputs[1], ops[0], ops[1], combine)
+
+
+def _known_keys(data: dict, known: tuple[str, ...], where: str) -> None:
+    """A key ``data`` may not hold (a typo such as ``concta`` would silently mean the
+    default) is a :class:`GenotypeError` naming it."""
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise GenotypeError(f"{where}.{unknown[0]}: unknown key; the keys are {', '.join(known)}")
 
 
 def _pair(value: object, where: str, kind: type) -> list:
@@ -134,6 +143,7 @@ class Cell:
     def from_dict(cls, data: object, where: str = "cell") -> Cell:
         if not isinstance(data, dict):
             raise GenotypeError(f"{where}: expected an object with 'blocks'")
+        _known_keys(data, ("blocks", "concat"), where)
         blocks = data.get("blocks")
         if not isinstance(blocks, list):
             raise GenotypeError(f"{where}.blocks: expected a list of blocks")
@@ -186,6 +196,7 @@ class Genotype:
         for key in ("normal", "reduction"):
             if key not in data:
                 raise GenotypeError(f"{key}: missing; a genotype needs 'normal' and 'reduction'")
+        _known_keys(data, ("format_version", "normal", "reduction"), "genotype")
         genotype = cls(
             Cell.from_dict(data["normal"], "normal"), Cell.from_dict(data["reduction"], "reduction")
         )
@@ -227,6 +238,8 @@ def validate_cell(cell: Cell, where: str, ops: Sequence[str] = OPS, num_blocks: 
         at = f"{where}.blocks[{k}]"
         for name in ("input_1", "input_2"):
             index = getattr(block, name)
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise GenotypeError(f"{at}.{name}: {index!r} is not a state index (an int)")
             if not 0 <= index < NUM_CELL_INPUTS + k:
                 raise GenotypeError(
                     f"{at}.{name}: state {index} is out of range; block {k} may read states "
