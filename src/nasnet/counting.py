@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nasnet.runtime import module_mode
+
 
 def count_params(model: nn.Module, include_aux: bool = False) -> int:
     """Trainable parameters of the inference network (the auxiliary head is left out,
@@ -46,16 +48,13 @@ def count_mult_adds(model: nn.Module, input_size: Sequence[int] | int) -> int:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
     try:
         param = next(model.parameters())
-        with torch.no_grad():
+        with module_mode(model, False), torch.no_grad():
             model(torch.zeros(1, channels, height, width, dtype=param.dtype, device=param.device))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return total
 
 

@@ -7,18 +7,17 @@ model and holds the difference to ``1e-4 x max(1, |logits|)``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from nasnet.files import atomic_write_bytes
+from nasnet.runtime import module_mode
 
 FORMATS = ("onnx", "torchscript")
 
@@ -28,24 +27,11 @@ def _example(model: nn.Module, image_size: int, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, in_chans, image_size, image_size)
 
 
-@contextlib.contextmanager
-def _in_eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block; every module's own mode is restored after (an
-    export must not leave a model that is still training with frozen BatchNorm)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 17) -> str:
     """Write ``model`` (in eval mode; its mode is restored) as ONNX with input ``images`` and
     output ``logits``."""
     buffer = io.BytesIO()  # then one atomic write: a full disk leaves no partial file
-    with _in_eval_mode(model), warnings.catch_warnings():
+    with module_mode(model, False), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about fixed spatial sizes
         torch.onnx.export(
             model,
@@ -64,7 +50,7 @@ def export_onnx(model: nn.Module, path: str, image_size: int, opset: int = 17) -
 def export_torchscript(model: nn.Module, path: str, image_size: int) -> str:
     """Trace ``model`` (in eval mode; its mode is restored) to TorchScript and save it,
     without the aux head."""
-    with _in_eval_mode(model), warnings.catch_warnings(), torch.no_grad():
+    with module_mode(model, False), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         inference = _without_aux_head(model)
         traced = torch.jit.trace(inference, _example(inference, image_size))
@@ -155,7 +141,7 @@ def _compare(
     """(max |export - model|, max |model logits|) over one input per batch size."""
     if fmt not in FORMATS:
         raise ValueError(f"format: unknown {fmt!r}; choose onnx or torchscript")
-    with _in_eval_mode(model):
+    with module_mode(model, False):
         return _compare_in_eval(model, path, fmt, image_size, batch_sizes, seed)
 
 

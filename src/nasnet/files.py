@@ -41,14 +41,19 @@ def ensure_directory(path: str) -> None:
     be written."""
     if not path:
         raise DirectoryError("the output directory's name is empty; give one")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise DirectoryError(f"{path}: is a file, not a directory; choose another directory")
+    check_not_a_file(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
         raise DirectoryError(f"{path}: cannot create it ({err.strerror})") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise DirectoryError(f"{path}: not writable; choose another directory")
+
+
+def check_not_a_file(path: str) -> None:
+    """:class:`DirectoryError` when ``path``, to be used as a directory, is a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DirectoryError(f"{path}: is a file, not a directory; choose another directory")
 
 
 class WriteError(OSError):

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from nasnet.runtime import module_mode
+
 GIB = 2**30
 
 #: Copies of the parameters a training step holds: weights, gradients, momentum, EMA.
@@ -79,14 +81,9 @@ def evaluation_bytes(model: nn.Module, batch: int, image_shape: tuple[int, int, 
     images of ``image_shape`` without gradients: the most bytes alive at once in its forward
     pass, plus two copies of the parameters (the weights and an EMA)."""
     x = _meta_input(model, batch, image_shape)
-    was_training = model.training
-    model.eval()
     counter = _LiveBytes()
-    try:
-        with torch.no_grad(), counter:
-            model(x)
-    finally:
-        model.train(was_training)
+    with module_mode(model, False), torch.no_grad(), counter:
+        model(x)
     return counter.peak + 2 * sum(p.nbytes for p in model.parameters())
 
 
@@ -104,14 +101,9 @@ def training_step_bytes(model: nn.Module, batch: int, image_shape: tuple[int, in
     """Estimated peak bytes of one training step of ``model`` (built on the meta device) on
     ``batch`` images of ``image_shape`` = ``(C, H, W)``; see the module docstring."""
     x = _meta_input(model, batch, image_shape)
-    was_training = model.training
-    model.train()
     counter = _OutputBytes()
-    try:
-        with counter:
-            output = model(x)
-    finally:
-        model.train(was_training)
+    with module_mode(model, True), counter:
+        output = model(x)
     del output
     params = sum(p.nbytes for p in model.parameters())
     return counter.total + 2 * counter.largest + PARAMETER_COPIES * params

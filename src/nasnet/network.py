@@ -31,6 +31,7 @@ from nasnet.ops import (
     spatial_mean,
     starts_with_relu,
 )
+from nasnet.runtime import module_mode
 from nasnet.space import NUM_CELL_INPUTS, Cell, Genotype, validate_genotype
 
 STEMS = ("cifar", "imagenet")
@@ -587,13 +588,10 @@ def cell_output_shapes(model: NASNet, image_size: int | None = None) -> list[tup
             cell.register_forward_hook(lambda m, i, o, n=name: shapes.append((n, o.shape[1:])))
         )
     param = next(model.parameters())
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with module_mode(model, False), torch.no_grad():
             model(torch.zeros(1, model.config.in_chans, size, size, device=param.device))
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return [(name, tuple(shape)) for name, shape in shapes]

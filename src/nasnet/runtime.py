@@ -36,6 +36,19 @@ def set_numpy_rng_state(state: tuple) -> None:
 
 
 @contextlib.contextmanager
+def module_mode(model: torch.nn.Module, training: bool) -> Iterator[torch.nn.Module]:
+    """Run the block with ``model`` in training (True) or eval mode, then give every module
+    back its own mode (a caller's model may mix them, e.g. a frozen head)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+@contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run the block with ``threads`` intra-op threads (None: unchanged), then restore."""
     previous = torch.get_num_threads()

@@ -32,6 +32,7 @@ from nasnet.lock import TRAIN_LOCK_NAME
 from nasnet.memory import available_bytes, evaluation_bytes, gib, training_step_bytes
 from nasnet.options import OptionError, check_finite, require
 from nasnet.runtime import (
+    module_mode,
     numpy_rng_state,
     preserve_global_state,
     python_rng_state,
@@ -281,16 +282,14 @@ def evaluate_model(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augment: Augment, batch: int
 ) -> tuple[float, float]:
     """``(mean cross-entropy, accuracy)`` of ``model`` in eval mode on uint8 ``images``."""
-    was_training = model.training
-    model.eval()
     total_loss, correct = 0.0, 0
     device = next(model.parameters()).device
-    for x, y in zip(images.split(batch), labels.split(batch), strict=True):
-        y = y.to(device)
-        logits = model(augment.normalize(x).to(device))
-        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    model.train(was_training)
+    with module_mode(model, False):
+        for x, y in zip(images.split(batch), labels.split(batch), strict=True):
+            y = y.to(device)
+            logits = model(augment.normalize(x).to(device))
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
     n = max(len(labels), 1)
     return total_loss / n, correct / n
 

@@ -323,9 +323,13 @@ def _event_line(kind: str, stats: SearchStats, trial: TrialRecord) -> str:
 # --------------------------------------------------------------------------- show / export
 
 
-def _summary(directory: str, top: int) -> dict[str, Any]:
+def _check_top(top: int) -> None:
     if top < 1:
         raise UserError(f"--top: must be at least 1, got {top}")
+
+
+def _summary(directory: str, top: int) -> dict[str, Any]:
+    _check_top(top)
     try:
         return summarize(directory, top)
     except StoreError as err:
@@ -337,8 +341,8 @@ def run_show(args: argparse.Namespace) -> int:
     from nasnet.space import Genotype
     from nasnet.transfer import TransferError, is_transfer_dir, read_transfer, transfers_of
 
-    if args.top is not None and args.top < 1:
-        raise UserError(f"--top: must be at least 1, got {args.top}")
+    if args.top is not None:
+        _check_top(args.top)
     if is_transfer_dir(args.dir):
         try:
             transfer = read_transfer(args.dir)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nasnet.cli import UserError
 from nasnet.data import DatasetError, given_spec, load_dataset
-from nasnet.files import DirectoryError, ensure_directory, read_json
+from nasnet.files import DirectoryError, check_not_a_file, ensure_directory, read_json
 from nasnet.lock import TRAIN_BUSY, TRAIN_LOCK_NAME, ExperimentLock, ExperimentLocked
 from nasnet.options import OptionError
 from nasnet.space import GenotypeError
@@ -153,8 +153,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     if os.path.exists(os.path.join(args.out, DB_NAME)):
         raise UserError(f"--out {args.out}: holds a 'nasnet search'; give the run its own folder")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out}: is a file, not a directory; choose another directory")
+    try:  # before loading any data; the folder itself is made once every check has passed
+        check_not_a_file(args.out)
+    except DirectoryError as err:
+        raise UserError(str(err)) from None
     config = config_from_args(args)
     try:
         genotype = resolve_genotype(config.genotype)
