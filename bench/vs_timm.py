@@ -37,6 +37,7 @@ or from an installed ``timm`` when that cache is absent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib
 import os
@@ -72,14 +73,36 @@ def load_nasnet(before: str | None):
     """Our package: from ``src`` (the working tree), or the copy ``before/nasnet``."""
     path = before or os.path.join(ROOT, "src")
     sys.path.insert(0, os.path.abspath(path))
-    for name in [m for m in sys.modules if m == "nasnet" or m.startswith("nasnet.")]:
+    for name in _nasnet_modules():
         del sys.modules[name]
     module = importlib.import_module("nasnet")
     sys.path.remove(os.path.abspath(path))
     if before:  # keep both copies importable under distinct names
-        for name in [m for m in sys.modules if m == "nasnet" or m.startswith("nasnet.")]:
+        for name in _nasnet_modules():
             sys.modules["before_" + name] = sys.modules.pop(name)
     return module
+
+
+def _nasnet_modules(prefix: str = "") -> list[str]:
+    return [m for m in sys.modules if m == prefix + "nasnet" or m.startswith(prefix + "nasnet.")]
+
+
+@contextlib.contextmanager
+def imports_of(module):
+    """While building a model of the ``before`` copy, its imports inside functions (``from
+    nasnet.x import y``) find that copy's modules, not the working tree's."""
+    if module is not sys.modules.get("before_nasnet"):
+        yield
+        return
+    saved = {name: sys.modules.pop(name) for name in _nasnet_modules()}
+    for name in _nasnet_modules("before_"):
+        sys.modules[name.removeprefix("before_")] = sys.modules[name]
+    try:
+        yield
+    finally:
+        for name in _nasnet_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)
 
 
 # --------------------------------------------------------------------------- the networks
@@ -246,8 +269,9 @@ def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
             layouts.append(("compiled", True, True))
         for layout, cl, compiled in layouts:
             torch.manual_seed(0)
-            model, size, batch = build(config, "timm" if side == "timm" else "ours",
-                                       nasnet, timm_nasnet)  # fmt: skip
+            with imports_of(nasnet):
+                model, size, batch = build(config, "timm" if side == "timm" else "ours",
+                                           nasnet, timm_nasnet)  # fmt: skip
             batch = args.batch or batch
             if side not in params:
                 params[side] = sum(p.numel() for p in model.parameters())
@@ -306,8 +330,9 @@ def profile(config: str, threads: int, args, sides: dict) -> None:
     torch.set_num_threads(threads)
     for side, (nasnet, timm_nasnet) in sides.items():
         torch.manual_seed(0)
-        model, size, batch = build(config, "timm" if side == "timm" else "ours",
-                                   nasnet, timm_nasnet)  # fmt: skip
+        with imports_of(nasnet):
+            model, size, batch = build(config, "timm" if side == "timm" else "ours",
+                                       nasnet, timm_nasnet)  # fmt: skip
         trainer = Trainer(model, size, args.batch or batch, True, args.device, args.amp)
         for _ in range(args.warmup):
             trainer.step()
