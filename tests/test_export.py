@@ -1,5 +1,7 @@
+import copy
 import errno
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -106,6 +108,33 @@ def test_features_only_backbone_shapes_and_gradients():
     cifar = nasnet.create_model("nasnet_a_cifar", features_only=True, cells=1, filters=8)
     assert [f["reduction"] for f in cifar.feature_info] == [1, 2, 4]
     assert [f.shape[-1] for f in cifar(torch.randn(1, 3, 32, 32))] == [32, 16, 8]
+
+
+def test_backbone_feature_info_has_timms_accessors():
+    """Detection libraries' timm wrappers read channels() and reduction() of feature_info."""
+    full = nasnet.create_model("nasnet_a_mobile", cells=1, filters=8)
+    stages = full.feature_info
+    backbone = nasnet.create_model(
+        "nasnet_a_mobile", cells=1, filters=8, features_only=True, out_indices=(1, 3)
+    )
+    info = backbone.feature_info
+    feats = backbone(torch.randn(1, 3, 64, 64))
+    assert (
+        info.channels()
+        == [f.shape[1] for f in feats]
+        == [stages[1]["num_chs"], stages[3]["num_chs"]]
+    )
+    assert info.reduction() == [4, 16] and info.module_name() == [
+        stages[1]["module"],
+        stages[3]["module"],
+    ]
+    assert info.channels(0) == stages[0]["num_chs"]  # idx numbers the full model's stages
+    assert info.reduction([0, 4]) == [2, 32]
+    assert info.get_dicts(keys=["reduction"]) == [{"reduction": 4}, {"reduction": 16}]
+    assert info.get_dicts(idx=2) == stages[2]
+    assert list(info) == [stages[1], stages[3]] and len(info) == 2  # the list: returned stages
+    assert copy.deepcopy(info).channels() == info.channels()
+    assert pickle.loads(pickle.dumps(info)).reduction([0]) == [2]
 
 
 def test_features_only_drops_unused_cells():

@@ -597,6 +597,53 @@ def cell_output_shapes(model: NASNet, image_size: int | None = None) -> list[tup
     return [(name, tuple(shape)) for name, shape in shapes]
 
 
+class FeatureInfo(list):
+    """The stages a backbone returns: a list of their ``feature_info`` dicts (``num_chs``,
+    ``reduction``, ``module``), with timm's ``FeatureInfo`` accessors, which detection
+    libraries' timm wrappers call: ``channels()``, ``reduction()``, ``module_name()``,
+    ``get(key)`` and ``get_dicts(keys)``.
+
+    As in timm, ``idx`` given to an accessor numbers the full model's stages (the numbers
+    ``out_indices`` uses), and ``idx=None`` means the returned stages. Indexing and iterating
+    the list give the returned stages."""
+
+    def __init__(self, stages: list[dict], out_indices: tuple[int, ...]):
+        self.stages = [dict(stage) for stage in stages]
+        self.out_indices = tuple(out_indices)
+        super().__init__(self.stages[i] for i in self.out_indices)
+
+    def get(self, key: str, idx: int | list[int] | tuple[int, ...] | None = None):
+        """``key`` of the returned stages, of stage ``idx``, or of each stage in ``idx``."""
+        if idx is None:
+            return [stage[key] for stage in self]
+        if isinstance(idx, (list, tuple)):
+            return [self.stages[i][key] for i in idx]
+        return self.stages[idx][key]
+
+    def get_dicts(self, keys: list[str] | None = None, idx=None):
+        """The stage dicts (only ``keys`` of them if given), chosen as by :meth:`get`."""
+        if idx is None:
+            chosen = list(self)
+        elif isinstance(idx, (list, tuple)):
+            chosen = [self.stages[i] for i in idx]
+        else:
+            chosen = self.stages[idx]
+        pick = (lambda d: dict(d)) if keys is None else (lambda d: {k: d[k] for k in keys})
+        return pick(chosen) if isinstance(chosen, dict) else [pick(d) for d in chosen]
+
+    def channels(self, idx=None):
+        """Channels of the stages (``num_chs``)."""
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx=None):
+        """Output strides of the stages (``reduction``)."""
+        return self.get("reduction", idx)
+
+    def module_name(self, idx=None):
+        """Module names of the stages (``module``)."""
+        return self.get("module", idx)
+
+
 class NASNetFeatures(nn.Module):
     """A NASNet as a multi-scale backbone: ``forward`` returns the feature maps at
     ``out_indices`` of the full model's ``feature_info`` (strides 4, 8, 16, 32 for ImageNet
@@ -622,7 +669,7 @@ class NASNetFeatures(nn.Module):
         model.aux_head = None
         self.body = model
         self.out_indices = out_indices
-        self.feature_info = [dict(model.feature_info[i]) for i in out_indices]
+        self.feature_info = FeatureInfo(model.feature_info, out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body.forward_intermediates(x, self.out_indices)
