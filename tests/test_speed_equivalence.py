@@ -197,6 +197,24 @@ def test_exports_trace_the_plain_path():
     assert traced == [False]
 
 
+@pytest.mark.skipif(
+    not hasattr(torch.compiler, "is_exporting"), reason="torch < 2.6 cannot tell it exports"
+)
+def test_torch_export_takes_any_batch_size():
+    """The fast paths branch on the batch's pixel count; torch.export traces the plain path,
+    so an export with a dynamic batch is not limited to the batch sizes of one branch."""
+    torch.manual_seed(0)
+    model = nasnet.build_network(NASNET_A, cells=1, filters=8, num_classes=10).eval()
+    model = model.to(memory_format=torch.channels_last)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    x = torch.randn(2, 3, 32, 32)
+    exported = torch.export.export(model, (x,), dynamic_shapes=({0: batch},)).module()
+    for n in (1, 5, 40):  # 32x32 maps take the 1x1-as-matmul path up to a batch of 4
+        x = torch.randn(n, 3, 32, 32)
+        with torch.no_grad():
+            assert_close(exported(x), model(x), f"exported logits at batch {n}")
+
+
 @pytest.mark.parametrize("offset", [0, 1])
 def test_strided_view_gradients_keep_channels_last(offset):
     # A mixed-layout gradient sends the ReLU and 1x1 weight gradients of every tensor read by

@@ -167,6 +167,9 @@ def _dynamo_compiling() -> bool:
 
 #: Whether ``torch.compile`` is tracing.
 _compiling = getattr(torch.compiler, "is_compiling", _dynamo_compiling)
+#: Whether ``torch.export`` is tracing (its non-strict mode, the default since torch 2.9, runs
+#: without dynamo, so ``_compiling`` is false there); torch < 2.6 has no such test.
+_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 def fast(name: str, x: torch.Tensor | None = None) -> bool:
@@ -174,7 +177,7 @@ def fast(name: str, x: torch.Tensor | None = None) -> bool:
     :data:`CPU_FAST_PATHS`, which are off for tensors on other devices). Fast paths are off
     while tracing for export and while ``torch.compile`` traces: its compiler fuses the plain
     path itself, and some fast paths (``out=`` views, custom Functions) break its graph."""
-    if not FAST_PATHS[name] or torch.jit.is_tracing() or _compiling():
+    if not FAST_PATHS[name] or torch.jit.is_tracing() or _compiling() or _exporting():
         return False
     return name not in CPU_FAST_PATHS or x.device.type == "cpu"
 
@@ -394,7 +397,7 @@ class Conv2dSame(nn.Conv2d):
                 index = _depthwise_index(height, width, kh, kw, sh, sw, dh, dw)
                 bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
                 return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
-        if self._column_grad and _column_grad_pays(x) and fast("depthwise_column_grad", x):
+        if self._column_grad and fast("depthwise_column_grad", x) and _column_grad_pays(x):
             return _DepthwiseColumnGrad.apply(
                 *autocast_operands(x, self.weight), (1, 1), self.padding
             )
@@ -407,8 +410,8 @@ class Conv2dSame(nn.Conv2d):
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
             if (
                 self._strided_column_grad
-                and _column_grad_pays(x)
                 and fast("depthwise_column_grad", x)
+                and _column_grad_pays(x)
             ):
                 return _DepthwiseColumnGrad.apply(
                     *autocast_operands(x, self.weight), self.stride, (0, 0)
@@ -545,10 +548,10 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, conv: Callable) -> torch.Te
     """A 1x1 convolution (stride 1, no padding, no bias) of ``x``: ``conv(x)``, or the same
     product as a matmul of the channels_last (pixels, channels) view of small maps."""
     n, c, height, width = x.shape
-    if (
-        n * height * width <= POINTWISE_MATMUL_PIXELS
+    if (  # fast() first: while exporting, the size test would guard a dynamic batch
+        fast("pointwise_matmul", x)
+        and n * height * width <= POINTWISE_MATMUL_PIXELS
         and (x.stride(1) == 1 or x.is_contiguous(memory_format=torch.channels_last))
-        and fast("pointwise_matmul", x)
     ):
         out = F.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], c))
         return out.permute(0, 3, 1, 2)  # channels_last strides
@@ -587,7 +590,7 @@ class WholeMapConv(nn.Conv2d):
         super().__init__(c_in, c_out, kernel, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == self.kernel_size and fast("whole_map_linear"):
+        if fast("whole_map_linear") and tuple(x.shape[-2:]) == self.kernel_size:
             return whole_map_linear(x, self.weight)
         return super().forward(x)
 
@@ -714,7 +717,7 @@ class AvgPool2dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel, self.stride
-        if s == 1 and k % 2 == 1 and _window_sum_pays(x) and fast("avg_pool_as_conv", x):
+        if s == 1 and k % 2 == 1 and fast("avg_pool_as_conv", x) and _window_sum_pays(x):
             return window_mean(x, k)
         height, width = _spatial(x)
         top, bottom = same_padding(height, k, s)
