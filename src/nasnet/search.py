@@ -1,16 +1,22 @@
 """The search loop: strategy -> executor -> store -> strategy, resumable.
 
-:func:`run_search` keeps ``workers`` children training: whenever one finishes, its result is
-stored and told to the strategy, and a new child is proposed. Every ask and every tell gets the
-next number of the experiment's event sequence and is committed to the store (together with
-the strategy's state when the strategy reports a checkpoint) before anything else happens, so
-a search killed at any moment can be resumed exactly:
+:func:`run_search` keeps ``workers`` children training. A result is stored as soon as it
+arrives, but told to the strategy in the order the children were proposed, and right after
+each tell the strategy proposes children until :func:`lookahead` of them are proposed and not
+yet told (``2 * workers - 1``: with one worker, one proposal per tell; with more, a spare
+proposal per extra worker, so a child finishing before an older one rarely leaves its worker
+idle). So what the strategy sees, and the children it proposes, depend on the seed and
+``workers`` only, never on which child happens to finish first. Every ask and every tell gets
+the next number of the experiment's event sequence and is committed to the store (together
+with the strategy's state when the strategy reports a checkpoint) before anything else
+happens, so a search killed at any moment can be resumed exactly:
 
 1. the strategy is rebuilt from the experiment's config and loads the newest saved state;
 2. the asks and tells recorded after that state are replayed into it in their original order
    (an ask is re-drawn and must reproduce the stored proposal; a tell passes the stored
    result), which brings it to the state it had when the search stopped;
-3. trials that were queued or running are submitted again under the same ids;
+3. trials that were queued or running are submitted again under the same ids, and results
+   stored but not yet told are told in their turn;
 4. the loop continues until ``budget`` children are done.
 
 A child whose canonical hash was already trained reuses that result (unless ``reuse`` is off);
@@ -24,6 +30,7 @@ Only one driver runs an experiment at a time (:mod:`nasnet.lock`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing
 import os
@@ -35,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nasnet.evaluators import Evaluator, Task, cost_aware_reward, evaluator_for
-from nasnet.executors import Executor, TrialFn, TrialResult, executor_class, make_executor
+from nasnet.executors import Executor, TrialFn, executor_class, make_executor
 from nasnet.executors.base import call_safely
 from nasnet.lock import ExperimentLock
 from nasnet.options import OptionError
@@ -89,6 +96,11 @@ class SearchStats:
 
 #: ``on_event(kind, stats, trial)``: kind is start, submit, done, failed, reused, wait, end.
 EventFn = Callable[[str, SearchStats, "TrialRecord | None"], None]
+
+
+def lookahead(workers: int) -> int:
+    """How many children are proposed and not yet told, at most, with ``workers``."""
+    return 2 * workers - 1
 
 
 @dataclass
@@ -158,7 +170,14 @@ class Search:
         self.evaluator = driver_evaluator(config)
         self.executor = executor
         self.fn = fn
+        #: Proposals of the trials asked and not yet told.
         self.proposals: dict[int, Proposal] = {}
+        #: Trials asked and not yet told, in the order asked (the order they are told in).
+        self.untold: collections.deque[int] = collections.deque()
+        #: Asked trials waiting for a free worker, in the order asked.
+        self.waiting: collections.deque[int] = collections.deque()
+        #: Results stored and not yet told (an older trial has not finished).
+        self.ready: dict[int, TrialOutcome] = {}
         #: ``(tell_seq, metrics)`` of the done trials, in tell order (for task contexts).
         self.told_metrics: list[tuple[int, dict[str, Any]]] = []
         self.seq = self.store.next_seq()
@@ -239,12 +258,12 @@ class Search:
         failures. The executor is shut down on return (or interruption), and trials still
         running are marked queued (they are trained again on resume)."""
         stats = self.stats
-        done = self.store.trials(TrialStatus.DONE)
+        told = [t for t in self.store.trials() if t.tell_seq is not None]
+        done = [t for t in told if t.status is TrialStatus.DONE]
         self.told_metrics = sorted(((t.tell_seq or 0, t.metrics) for t in done),
                                    key=lambda item: item[0])  # fmt: skip
         stats.replayed = self.restore()
-        counts = self.store.counts()
-        stats.finished, stats.failed = counts["done"], counts["failed"]
+        stats.finished, stats.failed = len(done), len(told) - len(done)
         for trial in done:
             if stats.best_reward is None or (trial.reward or 0) > stats.best_reward:
                 stats.best_reward, stats.best_trial = trial.reward, trial.id
@@ -254,7 +273,7 @@ class Search:
             if stats.finished < self.config.budget:
                 if self.executor is None:
                     self.executor = self._make_executor()
-                self._resubmit(pending)
+                self._take_up(pending)
                 self._loop()
             if self.evaluator.stateful and stats.finished >= self.config.budget:
                 with self._child_threads():
@@ -279,42 +298,41 @@ class Search:
             raise SearchError(f"executor {config.executor}: {err}") from None
 
     def _unfinished(self) -> list[TrialRecord]:
-        """Queued or running trials of earlier sessions: those within the budget, to be run
-        again; the others are marked queued (a lowered budget leaves them for later)."""
-        pending = [
-            t for t in self.store.trials() if t.status in (TrialStatus.QUEUED, TrialStatus.RUNNING)
-        ]
-        room = max(0, self.config.budget - self.stats.finished)
+        """Trials of earlier sessions not yet told (queued, running, or finished while an
+        older one ran), in the order asked; those that were running are marked queued."""
+        pending = [t for t in self.store.trials() if t.tell_seq is None]
         with self.store.transaction():
-            for trial in pending[room:]:
+            for trial in pending:
                 self.store.requeue(trial.id)
-        return pending[:room]
+        return pending
 
     def _requeue_running(self) -> None:
         with self.store.transaction():
             for trial_id in self.proposals:
                 self.store.requeue(trial_id)
 
-    def _resubmit(self, pending: list[TrialRecord]) -> None:
+    def _take_up(self, pending: list[TrialRecord]) -> None:
+        """Take up the untold trials of earlier sessions: results wait for their turn to be
+        told, unfinished trials for a worker."""
         for trial in pending:
             self.proposals[trial.id] = _proposal_of(trial)
-            with self.store.transaction():
-                self.store.mark_running(trial.id)
-            self._submit(trial.id, trial.genotype_dict(), trial.seed, trial.ask_seq)
+            self.untold.append(trial.id)
+            if trial.status is TrialStatus.DONE:
+                self.ready[trial.id] = TrialOutcome.done(_told_reward(trial), trial.metrics)
+            elif trial.status is TrialStatus.FAILED:
+                self.ready[trial.id] = TrialOutcome.failed(trial.error, trial.metrics)
+            else:
+                self.waiting.append(trial.id)
 
     def _loop(self) -> None:
         config, stats = self.config, self.stats
         assert self.executor is not None
+        self._ask_ahead()
         while stats.finished < config.budget:
-            while (
-                self.executor.running < config.workers
-                and stats.finished + self.executor.running < config.budget
-                and stats.failed < config.failure_limit
-            ):
-                self._ask()
-            if stats.finished >= config.budget:
-                break
-            if self.executor.running == 0:  # the failure limit stopped new children
+            self._submit_waiting()
+            if self._tell_ready():
+                continue
+            if self.executor.running == 0:  # nothing to wait for: the failure limit stopped asks
                 raise SearchError(
                     f"stopped: {stats.failed} children failed (limit {config.failure_limit}, "
                     f"max_failures); last error: {stats.last_error or 'see nasnet show'}; "
@@ -326,7 +344,44 @@ class Search:
             if result is None:
                 self._emit("wait", None)
             else:
-                self._finish(result)
+                self._receive(result.trial_id, result.outcome, result.worker, result.started,
+                              result.finished)  # fmt: skip
+
+    def _ask_ahead(self) -> None:
+        """Ask while fewer than :func:`lookahead` trials are untold, within the budget and
+        the failure limit. Called only after a tell, so the asks depend on the tells alone."""
+        config, stats = self.config, self.stats
+        while (
+            len(self.untold) < lookahead(config.workers)
+            and stats.finished + len(self.untold) < config.budget
+            and stats.failed < config.failure_limit
+        ):
+            self._ask()
+
+    def _submit_waiting(self) -> None:
+        """Start waiting trials on free workers, each only while the trials told before it
+        could still leave the budget unmet (after a lowered budget, the others stay queued)."""
+        assert self.executor is not None
+        while (
+            self.waiting
+            and self.executor.running < self.config.workers
+            and self.stats.finished + self.untold.index(self.waiting[0]) < self.config.budget
+        ):
+            trial = self.store.trial(self.waiting.popleft())
+            assert trial is not None
+            with self.store.transaction():
+                self.store.mark_running(trial.id)
+            self._submit(trial.id, trial.genotype_dict(), trial.seed, trial.ask_seq)
+
+    def _tell_ready(self) -> bool:
+        """Tell the results whose turn it is, asking after each; returns whether any was."""
+        told = False
+        while self.untold and self.untold[0] in self.ready:
+            trial_id = self.untold.popleft()
+            self._tell_result(trial_id, self.ready.pop(trial_id))
+            self._ask_ahead()
+            told = True
+        return told
 
     def _ask(self) -> None:
         proposal = self.strategy.ask()
@@ -338,15 +393,14 @@ class Search:
         with self.store.transaction():
             self.store.add_trial(trial_id, proposal.genotype, proposal.to_dict(), seed, ask_seq,
                                  genotype_hash)  # fmt: skip
-            if cached is None:
-                self.store.mark_running(trial_id)
-                self.proposals[trial_id] = proposal
+        self.proposals[trial_id] = proposal
+        self.untold.append(trial_id)
         if cached is None:
-            self._submit(trial_id, proposal.genotype.to_dict(), seed, ask_seq)
+            self.waiting.append(trial_id)
             return
         now = time.time()
         outcome = TrialOutcome.done(_told_reward(cached), cached.metrics)
-        self._record(trial_id, proposal, outcome, "reused", now, now, reused_from=cached.id)
+        self._receive(trial_id, outcome, "reused", now, now, reused_from=cached.id)
 
     def _submit(self, trial_id: int, genotype: dict[str, Any], seed: int, ask_seq: int) -> None:
         assert self.executor is not None
@@ -363,30 +417,30 @@ class Search:
         finished = [metrics for seq, metrics in self.told_metrics if seq < ask_seq]
         return self.evaluator.task_context(finished)
 
-    def _finish(self, result: TrialResult) -> None:
-        # dropped from the trials in flight only once recorded: a stop while recording rolls
-        # the record back, and the trial must then be requeued with the others
-        proposal = self.proposals[result.trial_id]
-        self._record(result.trial_id, proposal, result.outcome, result.worker, result.started,
-                     result.finished)  # fmt: skip
-        del self.proposals[result.trial_id]
-
-    def _record(
+    def _receive(
         self,
         trial_id: int,
-        proposal: Proposal,
         outcome: TrialOutcome,
         worker: str,
         started: float,
         finished: float,
         reused_from: int | None = None,
     ) -> None:
-        """Record a trial's outcome and tell the strategy, in one transaction."""
+        """Store a trial's outcome at once; it is told in its turn (:meth:`_tell_ready`)."""
+        with self.store.transaction():
+            self.store.finish_trial(trial_id, outcome, None, worker, started, finished,
+                                    reused_from)  # fmt: skip
+        self.ready[trial_id] = outcome
+
+    def _tell_result(self, trial_id: int, outcome: TrialOutcome) -> None:
+        """Tell the strategy a stored result, in one transaction with its tell number."""
         seq = self._next_seq()
         with self.store.transaction():
-            self.store.finish_trial(trial_id, outcome, seq, worker, started, finished,
-                                    reused_from)  # fmt: skip
-            saved = self._tell(proposal, outcome.reward, seq)
+            self.store.mark_told(trial_id, seq)
+            saved = self._tell(self.proposals[trial_id], outcome.reward, seq)
+        # dropped from the untold proposals only once told: a stop while telling rolls the
+        # transaction back, and the trial is then told on resume
+        del self.proposals[trial_id]
         if saved:
             self.store.checkpoint()
         if outcome.ok:
@@ -397,8 +451,10 @@ class Search:
             self.stats.last_error = outcome.error
         if self.executor is not None:
             self.stats.running = self.executor.running
-        kind = "reused" if reused_from is not None else "done" if outcome.ok else "failed"
-        self._emit(kind, self.store.trial(trial_id))
+        trial = self.store.trial(trial_id)
+        assert trial is not None
+        kind = "reused" if trial.reused_from is not None else "done" if outcome.ok else "failed"
+        self._emit(kind, trial)
 
     def _emit(self, kind: str, trial: TrialRecord | None) -> None:
         if self.on_event is not None:

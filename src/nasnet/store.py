@@ -5,8 +5,10 @@ Invariants:
 * Only the search driver writes it, and only one driver at a time (it holds the experiment's
   lock, :mod:`nasnet.lock`); ``nasnet show`` / ``export`` / ``report`` read it while it runs
   (WAL mode).
-* A trial's row and the strategy state that follows its result commit in one transaction, so
-  the store never holds a result the strategy was not told about, or the reverse.
+* A result is stored when it arrives; it is told to the strategy in the order the trials
+  were asked, so a result may wait for an older trial (``done`` or ``failed`` with no
+  ``tell_seq``). Its tell number and the strategy state that follows commit in one
+  transaction, so the store never holds a tell the strategy did not see, or the reverse.
 * The main file holds everything up to the last saved strategy state: the write-ahead log is
   checkpointed into it whenever a strategy state is saved and when the driver closes the store.
   Trials finished after the last saved state live in the WAL (``experiment.db-wal``) until
@@ -431,13 +433,14 @@ class Store:
         self,
         trial_id: int,
         outcome: TrialOutcome,
-        tell_seq: int,
+        tell_seq: int | None,
         worker: str | None,
         started: float | None = None,
         finished: float | None = None,
         reused_from: int | None = None,
     ) -> None:
-        """Record a trial's outcome (inside the caller's transaction, if any)."""
+        """Record a trial's outcome (inside the caller's transaction, if any); ``tell_seq``
+        ``None`` until it is told (:meth:`mark_told`)."""
         metrics = outcome.metrics
         self.conn.execute(
             "UPDATE trials SET status = ?, reward = ?, metrics = ?, params = ?, mult_adds = ?, "
@@ -459,6 +462,10 @@ class Store:
             ),
         )
 
+    def mark_told(self, trial_id: int, tell_seq: int) -> None:
+        """Record that a stored result was told (inside the caller's transaction, if any)."""
+        self.conn.execute("UPDATE trials SET tell_seq = ? WHERE id = ?", (tell_seq, trial_id))
+
     def trial(self, trial_id: int) -> TrialRecord | None:
         row = self.conn.execute(
             f"SELECT {_COLUMNS} FROM trials WHERE id = ?", (trial_id,)
@@ -477,9 +484,11 @@ class Store:
         return [_record(row) for row in rows]
 
     def done_by_hash(self, genotype_hash: str) -> TrialRecord | None:
-        """The first trained (not reused) done trial with this canonical hash."""
+        """The first trained (not reused) done trial with this canonical hash, among those
+        told (so that what a new trial reuses does not depend on which child finished first)."""
         row = self.conn.execute(
             f"SELECT {_COLUMNS} FROM trials WHERE hash = ? AND status = 'done' "
+            "AND tell_seq IS NOT NULL "
             "ORDER BY reused_from IS NOT NULL, id LIMIT 1",
             (genotype_hash,),
         ).fetchone()
