@@ -24,7 +24,7 @@ from nasnet.options import OptionError
 from nasnet.search import Search, SearchError, open_experiment, run_search
 from nasnet.search_config import SearchConfig, resolve_config, trial_seed
 from nasnet.space import Block, Cell, Genotype, SearchSpace
-from nasnet.store import DB_NAME, Store
+from nasnet.store import DB_NAME, Store, StoreError
 from nasnet.strategies import STRATEGIES, Proposal, Strategy, make_strategy
 from nasnet.strategies.base import state_digest, state_from_bytes
 from nasnet.trials import TrialOutcome, TrialStatus
@@ -399,6 +399,27 @@ def _interrupt_after(n: int):
             raise KeyboardInterrupt
 
     return on_event
+
+
+def test_a_resume_refused_on_a_damaged_state_changes_nothing(tmp_path) -> None:
+    options = {"strategy": "ppo", "budget": 6, "workers": 1, "seed": 4,
+               "strategy_options": {"batch_size": 2}}  # fmt: skip
+    run_search(str(tmp_path), toy_config(**options))
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("UPDATE strategy_states SET state = x'00ff' WHERE id = (SELECT MAX(id) "
+                     "FROM strategy_states)")  # fmt: skip
+
+    def contents() -> list:
+        with sqlite3.connect(tmp_path / DB_NAME) as conn:
+            return [conn.execute(f"SELECT * FROM {table}").fetchall()
+                    for table in ("config", "trials", "strategy_states", "resumes")]  # fmt: skip
+
+    before = contents()
+    with pytest.raises(StoreError, match=r"saved strategy state \d+ is damaged"):
+        run_search(str(tmp_path), toy_config(**{**options, "budget": 9}))
+    with Store.open(str(tmp_path), readonly=True) as store:
+        assert store.config()["budget"] == 6  # the new budget was not written
+    assert contents() == before
 
 
 def test_interrupted_search_resumes_exactly(tmp_path) -> None:

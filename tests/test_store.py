@@ -125,6 +125,29 @@ def test_missing_and_corrupt_stores(tmp_path) -> None:
         Store.open(str(tmp_path))
 
 
+def test_a_store_that_cannot_be_written_is_refused_in_one_line(tmp_path) -> None:
+    Store.create(str(tmp_path), {"a": 1}).close()
+    (tmp_path / f"{DB_NAME}-shm").mkdir()  # SQLite falls back to reading the file only
+    with pytest.raises(
+        StoreError, match=r"cannot be written \(attempt to write a readonly"
+    ) as info:
+        Store.open(str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_a_damaged_page_is_named_in_one_line(tmp_path) -> None:
+    store = Store.create(str(tmp_path), {"a": 1})
+    for trial_id in range(1, 41):
+        _add(store, trial_id, NASNET_A, trial_id)
+    store.close()
+    with open(tmp_path / DB_NAME, "r+b") as f:  # scribble over the middle of a trials page
+        f.seek(4 * 4096 + 100)
+        f.write(bytes(range(256)) * 12)
+    with pytest.raises(StoreError, match="the database is damaged") as info:
+        Store.open(str(tmp_path), readonly=True)
+    assert "\n" not in str(info.value) and "***" not in str(info.value)
+
+
 def test_readonly_store_cannot_write(tmp_path) -> None:
     Store.create(str(tmp_path), {"a": 1}).close()
     store = Store.open(str(tmp_path), readonly=True)

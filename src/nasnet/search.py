@@ -112,10 +112,16 @@ class Experiment:
     store: Store
     resumed: bool
 
+    def save_config(self) -> None:
+        """Write the resolved config to the store. A resumed search does so once its saved
+        state has loaded, so that a resume refused on a damaged state changes nothing."""
+        self.store.set_config(self.config.to_dict())
+
 
 @contextmanager
 def open_experiment(directory: str, options: SearchConfig | dict[str, Any]) -> Iterator[Experiment]:
-    """Lock, open (or create) and configure the experiment in ``directory``.
+    """Lock, open (or create) and configure the experiment in ``directory`` (a resumed one's
+    config is written by :meth:`Search.run` once its saved state has loaded).
 
     ``options`` is a whole :class:`SearchConfig`, or a dict of only the options given (nested
     as in :meth:`SearchConfig.to_dict`), the others keeping their saved values on resume.
@@ -136,8 +142,6 @@ def open_experiment(directory: str, options: SearchConfig | dict[str, Any]) -> I
         config.build_evaluator().check_setup(_children_here_at_once(config))
         if store is None:
             store = Store.create(directory, config.to_dict())
-        else:
-            store.set_config(config.to_dict())
         yield Experiment(directory, config, store, resumed)
     finally:
         if store is not None:
@@ -263,6 +267,8 @@ class Search:
         self.told_metrics = sorted(((t.tell_seq or 0, t.metrics) for t in done),
                                    key=lambda item: item[0])  # fmt: skip
         stats.replayed = self.restore()
+        if self.experiment.resumed:
+            self.experiment.save_config()
         stats.finished, stats.failed = len(done), len(told) - len(done)
         for trial in done:
             if stats.best_reward is None or (trial.reward or 0) > stats.best_reward:

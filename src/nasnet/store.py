@@ -244,6 +244,7 @@ class Store:
         path = db_path(directory)
         if not os.path.exists(path):
             raise StoreError(f"{directory}: no {DB_NAME} here; is it a 'nasnet search' output?")
+        conn = None
         try:
             conn = _connect_readonly(path) if readonly else sqlite3.connect(path, timeout=30)
             store = cls(conn, path, readonly)
@@ -252,9 +253,32 @@ class Store:
             if not readonly:
                 _configure(conn)
                 store._upgrade(version)
-        except sqlite3.DatabaseError as err:
+                store._check_writable()
+        except (sqlite3.DatabaseError, StoreError) as err:
+            if conn is not None:
+                conn.close()
+            if isinstance(err, StoreError):
+                raise
+            if isinstance(err, sqlite3.OperationalError):  # locked, unreadable, a folder
+                raise StoreError(
+                    f"{path}: cannot be opened ({err}); check that it, {DB_NAME}-wal and "
+                    f"{DB_NAME}-shm are files you can read and write"
+                ) from None
             raise StoreError(f"{path}: not a nasnet experiment database ({err})") from None
         return store
+
+    def _check_writable(self) -> None:
+        """Refuse a store that can be read but not written before anything is done."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("UPDATE schema_version SET version = version")
+        except sqlite3.OperationalError as err:
+            raise StoreError(
+                f"{self.path}: cannot be written ({err}); make it, its folder and its -wal and "
+                "-shm files writable, or copy the experiment to a folder you can write"
+            ) from None
+        finally:
+            self.conn.rollback()
 
     @classmethod
     def create(cls, directory: str, config: dict[str, Any]) -> Store:
@@ -296,10 +320,11 @@ class Store:
     def _check_integrity(self) -> None:
         """Refuse a damaged file up front (one line) rather than failing in mid-search."""
         problems = [row[0] for row in self.conn.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
+        if problems != ["ok"]:  # one report may hold several lines, under "*** in database"
+            lines = [ln for p in problems for ln in p.splitlines() if not ln.startswith("***")]
             raise StoreError(
-                f"{self.path}: the database is damaged ({problems[0]}); restore it from a copy "
-                "or start a new experiment"
+                f"{self.path}: the database is damaged ({lines[0] if lines else problems[0]}); "
+                "restore it from a copy or start a new experiment"
             )
         names = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master")}
         missing = sorted(REQUIRED_TABLES - names)
