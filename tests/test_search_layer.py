@@ -116,6 +116,29 @@ def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):
         assert message in err and err.count("\n") == 1, (extra, err)
 
 
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda c: c.update(budget="abc"), "budget: must be a whole number"),
+        (lambda c: c.update(strategy="bogus"), "strategy: unknown strategy 'bogus'"),
+        (lambda c: c.update(frobnicate=1), "frobnicate: unknown search option"),
+        (lambda c: c.pop("child"), "child: missing"),
+    ],
+)
+def test_a_bad_saved_config_is_blamed_on_the_store_not_on_a_flag(tmp_path, capsys, edit, named):
+    directory = str(tmp_path / "exp")
+    assert main(["search", "--out", directory, "--budget", "2", *TOY]) == 0
+    with sqlite3.connect(os.path.join(directory, DB_NAME)) as conn:
+        config = json.loads(conn.execute("SELECT json FROM config").fetchone()[0])
+        edit(config)
+        conn.execute("UPDATE config SET json = ?", (json.dumps(config),))
+    capsys.readouterr()
+    assert main(["search", "--out", directory, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the saved config is not valid (" + named in err, err
+    assert "--" not in err and "restore the experiment from a copy" in err
+
+
 # --------------------------------------------------------------------------- nasnet 0.1 stores
 
 

@@ -48,7 +48,7 @@ from nasnet.lock import ExperimentLock
 from nasnet.options import OptionError
 from nasnet.results import leaderboard
 from nasnet.runtime import torch_threads
-from nasnet.search_config import SearchConfig, resolve_config, trial_seed
+from nasnet.search_config import SearchConfig, check_saved_config, resolve_config, trial_seed
 from nasnet.store import Store, StoreError, TrialRecord
 from nasnet.strategies import Proposal, Strategy, make_strategy
 from nasnet.strategies.base import state_digest, state_from_bytes, state_to_bytes
@@ -138,7 +138,8 @@ def open_experiment(directory: str, options: SearchConfig | dict[str, Any]) -> I
     try:
         store = Store.open(directory) if Store.exists(directory) else None
         resumed = store is not None
-        config = resolve_config(store.config() if store else None, given)
+        saved = None if store is None else _valid_saved_config(store)
+        config = resolve_config(saved, given)
         config.build_evaluator().check_setup(_children_here_at_once(config))
         if store is None:
             store = Store.create(directory, config.to_dict())
@@ -151,6 +152,20 @@ def open_experiment(directory: str, options: SearchConfig | dict[str, Any]) -> I
             lock.remove()
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
+
+
+def _valid_saved_config(store: Store) -> dict[str, Any]:
+    """The store's config, refused (one line naming the store, not a flag) if it is not
+    one a search could have written."""
+    saved = store.config()
+    try:
+        check_saved_config(saved)
+    except (OptionError, TypeError, ValueError) as err:
+        raise StoreError(
+            f"{store.path}: the saved config is not valid ({err}); restore the experiment "
+            "from a copy"
+        ) from None
+    return saved
 
 
 class Search:

@@ -176,6 +176,17 @@ def _child_from_dict(data: dict[str, Any]) -> TrainConfig:
 # --------------------------------------------------------------------------- resume
 
 
+def check_saved_config(saved: dict[str, Any]) -> None:
+    """Raise :class:`OptionError` if a saved config is incomplete or holds a bad value (a
+    config of the current layout must name every option)."""
+    if saved.get("version", 1) == CONFIG_VERSION:
+        names = [f.name for f in dataclasses.fields(SearchConfig)]
+        missing = [name for name in names if name not in saved]
+        if missing:
+            raise OptionError(missing[0], "missing")
+    SearchConfig.from_dict(saved).check()
+
+
 def resolve_config(saved: dict[str, Any] | None, given: dict[str, Any]) -> SearchConfig:
     """The checked config of a new (``saved`` None) or resumed experiment.
 

@@ -390,12 +390,19 @@ class Store:
 
     def config(self) -> dict[str, Any]:
         row = self.conn.execute("SELECT json FROM config WHERE id = 1").fetchone()
+        if row is None:
+            raise StoreError(
+                f"{self.path}: the saved config is missing; restore the experiment from a copy"
+            )
         try:
             config = json.loads(row[0])
             if not isinstance(config, dict):
                 raise ValueError("not a JSON object")
         except (TypeError, ValueError) as err:
-            raise StoreError(f"{self.path}: the saved config is damaged ({err})") from None
+            raise StoreError(
+                f"{self.path}: the saved config is damaged ({err}); restore the experiment "
+                "from a copy"
+            ) from None
         return config
 
     def set_config(self, config: dict[str, Any]) -> None:
