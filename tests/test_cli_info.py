@@ -74,6 +74,17 @@ def test_ctrl_c_while_the_commands_load_is_one_line(capsys, monkeypatch):
     assert capsys.readouterr().err == "nasnet: interrupted\n"
 
 
+def test_the_command_reaches_its_ctrl_c_handling_before_torch_loads():
+    """The `nasnet` script imports nasnet.cli, and with it the package, before main() can
+    catch a Ctrl-C: that import must not load torch (it takes the first second or two)."""
+    code = (
+        "import sys, nasnet.cli; print('torch' in sys.modules); "
+        "print(nasnet.NASNET_A.normal.concat, nasnet.ops.fast)"  # names and modules, on use
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "False"
+
+
 def test_a_preset_refuses_the_options_it_does_not_take(capsys):
     assert main(["info", "nasnet_a_mobile", "--stem", "cifar", "--cells", "3"]) == 2
     err = capsys.readouterr().err

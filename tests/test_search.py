@@ -358,6 +358,22 @@ def test_inprocess_executor_contract() -> None:
     assert executor.running == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+def test_local_workers_ignore_ctrl_c_from_their_first_instant() -> None:
+    """A Ctrl-C at the terminal reaches the workers too: one still importing torch printed a
+    traceback. They start with SIGINT ignored (the driver stops them)."""
+    before = signal.getsignal(signal.SIGINT)
+    executor = LocalExecutor(workers=1)
+    try:
+        pid = executor.workers[0].process.pid
+        with open(f"/proc/{pid}/status") as f:  # at once: the worker is still importing
+            ignored = int(next(ln for ln in f if ln.startswith("SigIgn:")).split()[1], 16)
+        assert ignored & (1 << (signal.SIGINT - 1))
+    finally:
+        executor.shutdown()
+    assert signal.getsignal(signal.SIGINT) is before  # the driver's own handler is back
+
+
 def test_local_executor_survives_a_killed_worker() -> None:
     executor = LocalExecutor(workers=2)
     try:

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -45,6 +46,22 @@ def die_with_parent(parent_pid: int) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="nasnet-watchdog", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a worker is spawned: the new interpreter inherits that, and Python
+    then leaves it ignored, so a Ctrl-C at the terminal (which reaches the whole process
+    group) does not interrupt a worker still importing torch, each with a traceback. The
+    driver stops the workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _worker_main(conn: Connection, fn: TrialFn | None, threads: int | None, parent: int) -> None:
@@ -118,7 +135,8 @@ class LocalExecutor(Executor):
         process = self.context.Process(
             target=_worker_main, args=(child, self.fn, self.threads, os.getpid()), daemon=True
         )
-        process.start()
+        with _sigint_ignored():
+            process.start()
         child.close()
         return _Worker(process, parent)
 
