@@ -148,6 +148,41 @@ def test_a_damaged_page_is_named_in_one_line(tmp_path) -> None:
     assert "\n" not in str(info.value) and "***" not in str(info.value)
 
 
+def test_show_counts_the_running_trials_of_a_killed_driver_as_queued(tmp_path) -> None:
+    from nasnet.lock import ExperimentLock
+    from nasnet.results import summarize
+
+    store = Store.create(str(tmp_path), {"budget": 3})
+    _add(store, 1, NASNET_A, 1)
+    with store.transaction():
+        store.mark_running(1)
+    store.close()
+    summary = summarize(str(tmp_path))  # no driver holds the experiment: it was killed
+    assert (summary["running"], summary["queued"]) == (0, 1)
+    with ExperimentLock(str(tmp_path)):  # a live driver
+        summary = summarize(str(tmp_path))
+    assert (summary["running"], summary["queued"]) == (1, 0)
+
+
+def test_hand_edited_trial_rows_are_named_in_one_line(tmp_path) -> None:
+    from nasnet.results import summarize
+
+    store = Store.create(str(tmp_path), {"budget": 2})
+    for trial_id, genotype in ((1, NASNET_A), (2, NASNET_A_FIGURE)):
+        _add(store, trial_id, genotype, trial_id)
+        with store.transaction():
+            store.finish_trial(trial_id, TrialOutcome.done(0.5, {}), 10 + trial_id, "w")
+    store.conn.execute("UPDATE trials SET reward = 'abc' WHERE id = 2")
+    store.conn.commit()
+    with pytest.raises(StoreError, match=r"trial 2 is damaged \(reward 'abc' is not a number\)"):
+        store.trials()
+    store.conn.execute("UPDATE trials SET reward = 0.5, genotype = '{}' WHERE id = 2")
+    store.conn.commit()
+    store.close()
+    with pytest.raises(StoreError, match=r"trial 2's genotype is damaged \(normal: missing"):
+        summarize(str(tmp_path))  # the leaderboard it shows
+
+
 def test_readonly_store_cannot_write(tmp_path) -> None:
     Store.create(str(tmp_path), {"a": 1}).close()
     store = Store.open(str(tmp_path), readonly=True)

@@ -86,6 +86,25 @@ class ExperimentLock:
         self.release()
 
 
+def is_held(directory: str, name: str = LOCK_NAME) -> bool:
+    """Whether a process holds the lock of ``directory`` now (tried without taking it for
+    longer than the test; a folder that cannot be read counts as held)."""
+    path = os.path.join(directory, name)
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    with handle:
+        try:
+            _lock(handle)
+        except OSError:
+            return True
+        _unlock(handle)
+        return False
+
+
 def _read_holder(handle) -> str:
     try:
         handle.seek(0)
@@ -123,4 +142,5 @@ __all__ = [
     "TRANSFER_LOCK_NAME",
     "ExperimentLock",
     "ExperimentLocked",
+    "is_held",
 ]

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from nasnet.lock import is_held
 from nasnet.store import Store, TrialRecord
 from nasnet.trials import TrialStatus
 
@@ -75,7 +76,7 @@ def leaderboard_entry(rank: int, trial: TrialRecord) -> dict[str, Any]:
         "val_accuracy": trial.metrics.get("val_accuracy"),
         "params": trial.params,
         "mult_adds": trial.mult_adds,
-        "genotype": trial.genotype_dict(),
+        "genotype": trial.genotype.to_dict(),  # checked: a damaged one names its trial
     }
 
 
@@ -83,6 +84,9 @@ def summarize(directory: str, top: int = 10) -> dict[str, Any]:
     """An experiment at a glance (what ``nasnet show --json`` prints)."""
     with Store.open(directory, readonly=True) as store:
         config, trials, counts = store.config(), store.trials(), store.counts()
+    if counts["running"] and not is_held(directory):  # its driver was killed: they wait
+        counts["queued"] += counts["running"]  # to be run again by the next session
+        counts["running"] = 0
     ranked = leaderboard(trials, top)
     best = ranked[0] if ranked else None
     return {

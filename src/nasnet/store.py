@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from nasnet.space import Genotype
+from nasnet.space import Genotype, GenotypeError
 from nasnet.trials import TrialOutcome, TrialStatus
 
 #: Version of the layout below; bump it (and migrate in :meth:`Store._upgrade`) when it changes.
@@ -143,7 +143,13 @@ class TrialRecord:
 
     @property
     def genotype(self) -> Genotype:
-        return Genotype.from_json(self.genotype_json)
+        try:
+            return Genotype.from_json(self.genotype_json)
+        except GenotypeError as err:
+            raise StoreError(
+                f"trial {self.id}'s genotype is damaged ({err}); restore the experiment from a "
+                "copy or start a new one"
+            ) from None
 
     def genotype_dict(self) -> dict[str, Any]:
         return json.loads(self.genotype_json)
@@ -185,6 +191,11 @@ def _record(row: tuple) -> TrialRecord:
         values[14] = json.loads(values[14])
         if not all(isinstance(v, dict) for v in (values[5], values[14], json.loads(values[1]))):
             raise ValueError("genotype, metrics and proposal must be JSON objects")
+        reward = values[4]
+        if reward is not None and (
+            isinstance(reward, bool) or not isinstance(reward, (int, float))
+        ):
+            raise ValueError(f"reward {reward!r} is not a number")
     except (ValueError, TypeError) as err:
         raise StoreError(f"trial {values[0]} is damaged ({err}); restore the experiment "
                          "from a copy or start a new one") from None  # fmt: skip
