@@ -76,10 +76,14 @@ def test_report_png_and_html(experiment: str, tmp_path, capsys) -> None:
     png, page = tmp_path / "r.png", tmp_path / "r.html"
     assert main(["report", experiment, other, "-o", str(png), "--window", "5"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert main(["report", experiment, other, "-o", str(page)]) == 0
+    assert main(["report", experiment, other, experiment, "-o", str(page)]) == 0
     text = page.read_text()
     assert "data:image/png;base64," in text
-    assert text.count("<tr>") == 3 and "evolution" in text and "random" in text
+    assert text.count("<tr>") == 3 and "evolution" in text and "random" in text  # once each
+    capsys.readouterr()
+    nowhere = tmp_path / "nowhere" / "r.png"
+    assert main(["report", experiment, "-o", str(nowhere)]) == 2  # as export: not created
+    assert "no such folder" in capsys.readouterr().err and not nowhere.parent.exists()
 
 
 def test_moving_average_and_best_so_far() -> None:

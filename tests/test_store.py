@@ -183,6 +183,23 @@ def test_hand_edited_trial_rows_are_named_in_one_line(tmp_path) -> None:
         summarize(str(tmp_path))  # the leaderboard it shows
 
 
+def test_a_log_left_unread_on_read_only_media_is_named(tmp_path, monkeypatch) -> None:
+    import nasnet.store
+
+    Store.create(str(tmp_path), {"a": 1}).close()
+    (tmp_path / f"{DB_NAME}-wal").write_bytes(b"results of a killed driver")
+    connect = sqlite3.connect
+
+    def read_only_media(target, *args, **kwargs):  # only the file as it is can be read
+        if not str(target).endswith("immutable=1"):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return connect(target, *args, **kwargs)
+
+    monkeypatch.setattr(nasnet.store.sqlite3, "connect", read_only_media)
+    with pytest.warns(UserWarning, match=r"experiment\.db-wal holds results not yet in"):
+        Store.open(str(tmp_path), readonly=True).close()
+
+
 def test_readonly_store_cannot_write(tmp_path) -> None:
     Store.create(str(tmp_path), {"a": 1}).close()
     store = Store.open(str(tmp_path), readonly=True)

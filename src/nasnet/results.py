@@ -152,7 +152,7 @@ def plot_runs(runs: list[RunCurve], window: int) -> bytes:
         ax.plot(x, moving_average(run.rewards, window), color=color, linestyle="--",
                 label=f"{run.label} mean of last {window}")  # fmt: skip
     ax.set_xlabel("number of children finished")
-    ax.set_ylabel("reward (validation accuracy)")
+    ax.set_ylabel("reward")  # validation accuracy (cost-aware), or a toy or shared score
     ax.set_title("Search progress")
     ax.grid(alpha=0.3)
     if any(run.rewards for run in runs):

@@ -41,6 +41,7 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,11 +225,24 @@ def _connect_readonly(path: str) -> sqlite3.Connection:
             if query_only:
                 conn.execute("PRAGMA query_only = 1")
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            if target.endswith("immutable=1"):
+                _warn_if_log_unread(path)
             return conn
         except sqlite3.OperationalError as err:
             error = err
     assert error is not None
     raise error
+
+
+def _warn_if_log_unread(path: str) -> None:
+    """The file read as it is leaves out a write-ahead log that holds something: say so."""
+    with contextlib.suppress(OSError):
+        if os.path.getsize(f"{path}-wal") > 0:
+            warnings.warn(
+                f"{path}-wal holds results not yet in {DB_NAME}, which cannot be read where "
+                "nothing can be written; copy the folder to writable storage to see them",
+                stacklevel=3,
+            )
 
 
 def db_path(directory: str) -> str:

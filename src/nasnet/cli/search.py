@@ -482,8 +482,9 @@ def run_report(args: argparse.Namespace) -> int:
         raise UserError(f"-o: {args.output} must end in .png or .html")
     if args.window < 1:
         raise UserError(f"--window: must be at least 1, got {args.window}")
+    check_output_file(args.output)  # as export does: no folder is created on the way
     try:
-        runs = [run_curve(directory) for directory in args.dirs]
+        runs = [run_curve(directory) for directory in dict.fromkeys(args.dirs)]  # once each
     except StoreError as err:
         raise UserError(str(err)) from None
     png = plot_runs(runs, args.window)
