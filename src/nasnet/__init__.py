@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -55,23 +55,6 @@ __all__ = [
     "load_genotype",
     "load_pretrained",
 ]
-
-if TYPE_CHECKING:
-    from nasnet.counting import count_mult_adds, count_params
-    from nasnet.genotypes import GENOTYPES, NASNET_A
-    from nasnet.network import NASNet, NetworkConfig, build_network
-    from nasnet.pretrained import load_pretrained
-    from nasnet.registry import create_model, list_models
-    from nasnet.space import (
-        COMBINES,
-        OPS,
-        Block,
-        Cell,
-        Genotype,
-        GenotypeError,
-        SearchSpace,
-        load_genotype,
-    )
 
 
 def __getattr__(name: str) -> Any:
