@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from nasnet.evaluators import Evaluator, Task, cost_aware_reward, evaluator_for
 from nasnet.executors import Executor, TrialFn, executor_class, make_executor
@@ -96,6 +96,15 @@ class SearchStats:
 
 #: ``on_event(kind, stats, trial)``: kind is start, submit, done, failed, reused, wait, end.
 EventFn = Callable[[str, SearchStats, "TrialRecord | None"], None]
+
+
+class _Arrival(NamedTuple):
+    """Where and when a result was produced (stored with it)."""
+
+    worker: str
+    started: float
+    finished: float
+    reused_from: int | None = None
 
 
 def lookahead(workers: int) -> int:
@@ -195,8 +204,9 @@ class Search:
         self.untold: collections.deque[int] = collections.deque()
         #: Asked trials waiting for a free worker, in the order asked.
         self.waiting: collections.deque[int] = collections.deque()
-        #: Results stored and not yet told (an older trial has not finished).
-        self.ready: dict[int, TrialOutcome] = {}
+        #: Results not yet told: the outcome, and how to store it (``None``: stored already,
+        #: as is every result that had to wait for an older trial).
+        self.ready: dict[int, tuple[TrialOutcome, _Arrival | None]] = {}
         #: ``(tell_seq, metrics)`` of the done trials, in tell order (for task contexts).
         self.told_metrics: list[tuple[int, dict[str, Any]]] = []
         self.seq = self.store.next_seq()
@@ -339,9 +349,9 @@ class Search:
             self.proposals[trial.id] = _proposal_of(trial)
             self.untold.append(trial.id)
             if trial.status is TrialStatus.DONE:
-                self.ready[trial.id] = TrialOutcome.done(_told_reward(trial), trial.metrics)
+                self.ready[trial.id] = (TrialOutcome.done(_told_reward(trial), trial.metrics), None)
             elif trial.status is TrialStatus.FAILED:
-                self.ready[trial.id] = TrialOutcome.failed(trial.error, trial.metrics)
+                self.ready[trial.id] = (TrialOutcome.failed(trial.error, trial.metrics), None)
             else:
                 self.waiting.append(trial.id)
 
@@ -447,17 +457,28 @@ class Search:
         finished: float,
         reused_from: int | None = None,
     ) -> None:
-        """Store a trial's outcome at once; it is told in its turn (:meth:`_tell_ready`)."""
+        """Keep a trial's outcome until its turn to be told (:meth:`_tell_ready`). One whose
+        turn it is is stored with its tell, in one transaction (with one worker, every one:
+        a resume then never finds a stored result the strategy was not told, which a stateful
+        evaluator could not replay); any other is stored at once, so that a stop keeps it."""
+        arrival = _Arrival(worker, started, finished, reused_from)
+        if self.untold and self.untold[0] == trial_id:
+            self.ready[trial_id] = (outcome, arrival)
+            return
         with self.store.transaction():
-            self.store.finish_trial(trial_id, outcome, None, worker, started, finished,
-                                    reused_from)  # fmt: skip
-        self.ready[trial_id] = outcome
+            self.store.finish_trial(trial_id, outcome, None, *arrival)
+        self.ready[trial_id] = (outcome, None)
 
-    def _tell_result(self, trial_id: int, outcome: TrialOutcome) -> None:
-        """Tell the strategy a stored result, in one transaction with its tell number."""
+    def _tell_result(self, trial_id: int, result: tuple[TrialOutcome, _Arrival | None]) -> None:
+        """Tell the strategy a result, in one transaction with its tell number (and with the
+        result itself, if not stored yet)."""
+        outcome, arrival = result
         seq = self._next_seq()
         with self.store.transaction():
-            self.store.mark_told(trial_id, seq)
+            if arrival is None:
+                self.store.mark_told(trial_id, seq)
+            else:
+                self.store.finish_trial(trial_id, outcome, seq, *arrival)
             saved = self._tell(self.proposals[trial_id], outcome.reward, seq)
         # dropped from the untold proposals only once told: a stop while telling rolls the
         # transaction back, and the trial is then told on resume
