@@ -1,15 +1,15 @@
 """The search loop: strategy -> executor -> store -> strategy, resumable.
 
-:func:`run_search` keeps ``workers`` children training. A result is stored as soon as it
-arrives, but told to the strategy in the order the children were proposed, and right after
-each tell the strategy proposes children until :func:`lookahead` of them are proposed and not
-yet told (``2 * workers - 1``: with one worker, one proposal per tell; with more, a spare
-proposal per extra worker, so a child finishing before an older one rarely leaves its worker
-idle). So what the strategy sees, and the children it proposes, depend on the seed and
-``workers`` only, never on which child happens to finish first. Every ask and every tell gets
-the next number of the experiment's event sequence and is committed to the store (together
-with the strategy's state when the strategy reports a checkpoint) before anything else
-happens, so a search killed at any moment can be resumed exactly:
+:func:`run_search` keeps ``workers`` children training. Results are told to the strategy in the
+order the children were proposed (one that arrives before an older child's is stored at once,
+and waits), and right after each tell the strategy proposes children until :func:`lookahead` of
+them are proposed and not yet told (``2 * workers - 1``: with one worker, one proposal per
+tell; with more, a spare proposal per extra worker, so a child finishing before an older one
+rarely leaves its worker idle). So what the strategy sees, and the children it proposes, depend
+on the seed and ``workers`` only, never on which child happens to finish first. Every ask and
+every tell gets the next number of the experiment's event sequence and is committed to the
+store (together with the strategy's state when the strategy reports a checkpoint) before
+anything else happens, so a search killed at any moment can be resumed exactly:
 
 1. the strategy is rebuilt from the experiment's config and loads the newest saved state;
 2. the asks and tells recorded after that state are replayed into it in their original order

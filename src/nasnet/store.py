@@ -5,10 +5,11 @@ Invariants:
 * Only the search driver writes it, and only one driver at a time (it holds the experiment's
   lock, :mod:`nasnet.lock`); ``nasnet show`` / ``export`` / ``report`` read it while it runs
   (WAL mode).
-* A result is stored when it arrives; it is told to the strategy in the order the trials
-  were asked, so a result may wait for an older trial (``done`` or ``failed`` with no
-  ``tell_seq``). Its tell number and the strategy state that follows commit in one
-  transaction, so the store never holds a tell the strategy did not see, or the reverse.
+* Results are told to the strategy in the order the trials were asked. One that has to wait
+  for an older trial is stored when it arrives (``done`` or ``failed`` with no
+  ``tell_seq``). A tell number, the result if not stored yet, and the strategy state that
+  follows commit in one transaction, so the store never holds a tell the strategy did not
+  see, or the reverse.
 * The main file holds everything up to the last saved strategy state: the write-ahead log is
   checkpointed into it whenever a strategy state is saved and when the driver closes the store.
   Trials finished after the last saved state live in the WAL (``experiment.db-wal``) until
