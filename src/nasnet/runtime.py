@@ -1,11 +1,14 @@
 """Process-global state that training and search must save, restore or pin: the RNG states of
-torch, numpy and Python, and torch's intra-op thread count."""
+torch, numpy and Python, torch's intra-op thread count, and signal handlers."""
 
 from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +49,26 @@ def module_mode(model: torch.nn.Module, training: bool) -> Iterator[torch.nn.Mod
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+@contextlib.contextmanager
+def signal_handlers_kept(signals: tuple[int, ...], during: Any = None) -> Iterator[None]:
+    """Run the block (with ``during`` as the handler of each of ``signals``, if given), then
+    give them back the handlers they had. Only the main thread can set handlers: elsewhere
+    the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    if during is not None:
+        for sig in signals:
+            signal.signal(sig, during)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:  # None: set outside Python, nothing to give back
+                signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

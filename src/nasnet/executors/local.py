@@ -18,12 +18,12 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from nasnet.executors.base import Executor, ThreadOptions, TrialFn, TrialResult, call_safely
+from nasnet.runtime import signal_handlers_kept
 from nasnet.trials import TrialOutcome
 
 #: Seconds between two checks of the worker's watchdog that its driver is alive.
@@ -46,22 +46,6 @@ def die_with_parent(parent_pid: int) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="nasnet-watchdog", daemon=True).start()
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while a worker is spawned: the new interpreter inherits that, and Python
-    then leaves it ignored, so a Ctrl-C at the terminal (which reaches the whole process
-    group) does not interrupt a worker still importing torch, each with a traceback. The
-    driver stops the workers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _worker_main(conn: Connection, fn: TrialFn | None, threads: int | None, parent: int) -> None:
@@ -135,7 +119,11 @@ class LocalExecutor(Executor):
         process = self.context.Process(
             target=_worker_main, args=(child, self.fn, self.threads, os.getpid()), daemon=True
         )
-        with _sigint_ignored():
+        # SIGINT ignored while a worker is spawned: the new interpreter inherits that, and
+        # Python then leaves it ignored, so a Ctrl-C at the terminal (which reaches the whole
+        # process group) does not interrupt a worker still importing torch, each with a
+        # traceback. The driver stops the workers.
+        with signal_handlers_kept((signal.SIGINT,), during=signal.SIG_IGN):
             process.start()
         child.close()
         return _Worker(process, parent)

@@ -15,14 +15,13 @@ import contextlib
 import os
 import signal
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from nasnet.executors.base import Executor, ThreadOptions, TrialFn, TrialResult, call_safely
 from nasnet.options import check_at_least, check_finite, option
+from nasnet.runtime import signal_handlers_kept
 from nasnet.trials import TrialOutcome
 
 
@@ -68,23 +67,6 @@ def _run_child(fn: TrialFn | None, task: Any, threads: int | None, shared: Any) 
     return {"outcome": outcome, "worker": worker, "started": started, "finished": time.time()}
 
 
-@contextlib.contextmanager
-def _signal_handlers_kept() -> Iterator[None]:
-    """Give SIGTERM and SIGINT back their handlers after ``ray.init``, which installs its
-    own crash handler for SIGTERM: a terminated search printed a native stack trace and
-    exited 15, instead of stopping cleanly (its children requeued) with one line and 143."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            if handler is not None:  # None: set outside Python, nothing to give back
-                signal.signal(sig, handler)
-
-
 class RayExecutor(Executor):
     """Runs trials as Ray tasks; see the module docstring.
 
@@ -127,7 +109,9 @@ class RayExecutor(Executor):
                 options["num_cpus"] = os.cpu_count()
             else:
                 options["address"] = address
-            with _signal_handlers_kept():
+            # ray.init installs its own crash handler for SIGTERM: a terminated search printed
+            # a native stack trace and exited 15, instead of stopping cleanly with 143
+            with signal_handlers_kept((signal.SIGTERM, signal.SIGINT)):
                 ray.init(**options)
         self._task = ray.remote(_run_child).options(
             num_cpus=cpus_per_child,
