@@ -34,6 +34,7 @@ import collections
 import contextlib
 import multiprocessing
 import os
+import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,7 +48,7 @@ from nasnet.executors.base import call_safely
 from nasnet.lock import ExperimentLock
 from nasnet.options import OptionError
 from nasnet.results import leaderboard
-from nasnet.runtime import torch_threads
+from nasnet.runtime import signal_handlers_kept, torch_threads
 from nasnet.search_config import SearchConfig, check_saved_config, resolve_config, trial_seed
 from nasnet.store import Store, StoreError, TrialRecord
 from nasnet.strategies import Proposal, Strategy, make_strategy
@@ -311,8 +312,9 @@ class Search:
                     self._final_scores()
         finally:
             try:
-                if self.executor is not None:
-                    self.executor.shutdown()
+                if self.executor is not None:  # a Ctrl-C here would replace why it stopped
+                    with signal_handlers_kept((signal.SIGINT,), during=signal.SIG_IGN):
+                        self.executor.shutdown()
             finally:
                 self._requeue_running()
                 self._emit("end", None)
