@@ -41,6 +41,7 @@ import contextlib
 import copy
 import importlib
 import os
+import pkgutil
 import statistics
 import sys
 import time
@@ -76,6 +77,10 @@ def load_nasnet(before: str | None):
     for name in _nasnet_modules():
         del sys.modules[name]
     module = importlib.import_module("nasnet")
+    if before:  # its submodules load on first use (PEP 562): load them all from this copy now
+        for info in pkgutil.walk_packages(module.__path__, "nasnet."):
+            if not info.name.startswith(("nasnet.cli", "nasnet.__main__", "nasnet.executors.ray")):
+                importlib.import_module(info.name)
     sys.path.remove(os.path.abspath(path))
     if before:  # keep both copies importable under distinct names
         for name in _nasnet_modules():

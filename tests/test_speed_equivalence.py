@@ -169,18 +169,43 @@ def test_dense_depthwise_equals_padded_convolution(channels_last):
 
 
 @pytest.mark.parametrize("size", [2, 5, 8, 40])
-def test_pointwise_matmul_equals_convolution(size):
-    layer = ops.Pointwise(24, 16).to(memory_format=torch.channels_last)
-    x = torch.randn(3, 24, size, size).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("c_in, c_out", [(24, 16), (36, 12), (96, 5)])
+def test_pointwise_matmul_equals_convolution(size, c_in, c_out):
+    layer = ops.Pointwise(c_in, c_out).to(memory_format=torch.channels_last)
+    x = torch.randn(3, c_in, size, size).to(memory_format=torch.channels_last)
     x.requires_grad_(True)
     results = []
     for on in (False, True):
         with fast_paths(on):
             y = layer(x)
         assert y.is_contiguous(memory_format=torch.channels_last)
-        results.append((y, *torch.autograd.grad(y.square().sum(), (x, layer.weight))))
+        grads = torch.autograd.grad(y.square().sum(), (x, layer.weight))
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+        results.append((y, *grads))
     for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
-        assert_close(got, ref, f"pointwise {what} at {size}x{size}")
+        assert_close(got, ref, f"pointwise {c_in}->{c_out} {what} at {size}x{size}")
+
+
+def test_pointwise_matmul_grad_runs_for_few_output_channels_of_larger_maps(monkeypatch):
+    """oneDNN's forward and matrix-product gradients for 1x1 convolutions to few output
+    channels from at least twice as many inputs; other 1x1 convolutions keep their path."""
+    taken = []
+    monkeypatch.setattr(
+        ops._PointwiseMatmulGrad, "apply", lambda *a: taken.append(a) or F.conv2d(*a)
+    )
+    def maps(c_in):
+        return torch.randn(2, c_in, 48, 48).to(memory_format=torch.channels_last)
+
+    for c_in, c_out, expected in [(36, 12, 1), (36, 13, 0), (24, 12, 1), (23, 12, 0)]:
+        taken.clear()
+        ops.Pointwise(c_in, c_out)(maps(c_in).requires_grad_(True))
+        assert len(taken) == expected, (c_in, c_out)
+    x = maps(36)
+    taken.clear()
+    with torch.no_grad():  # nothing to differentiate: oneDNN's forward alone
+        ops.Pointwise(36, 12)(x)
+    ops.Pointwise(36, 12)(x.contiguous())  # NCHW
+    assert not taken
 
 
 def test_exports_trace_the_plain_path():

@@ -54,7 +54,10 @@ from torch import nn
 #: straight into the output tensor (no block sum to copy into a concatenation);
 #: ``whole_map_linear``: a convolution whose kernel covers the whole map (the aux head's) runs
 #: as a linear layer (see :class:`WholeMapConv`); ``channels_last_mean``: the global average
-#: pool of channels_last maps reduces the (N, H x W, C) view (see :func:`spatial_mean`).
+#: pool of channels_last maps reduces the (N, H x W, C) view (see :func:`spatial_mean`);
+#: ``pointwise_matmul_grad``: 1x1 convolutions of larger channels_last maps to few output
+#: channels keep oneDNN's forward but take their gradients as two matrix products (see
+#: :class:`_PointwiseMatmulGrad`).
 #:
 #: The paths of :data:`CPU_FAST_PATHS` work around the costs of oneDNN's CPU kernels.
 FAST_PATHS: dict[str, bool] = {
@@ -73,6 +76,7 @@ FAST_PATHS: dict[str, bool] = {
     "sums_into_output": True,
     "whole_map_linear": True,
     "channels_last_mean": True,
+    "pointwise_matmul_grad": True,
 }
 
 
@@ -120,6 +124,7 @@ CPU_FAST_PATHS = frozenset(
         "few_channel_batch_norm",
         "depthwise_column_grad",
         "avg_pool_as_conv",
+        "pointwise_matmul_grad",
     }
 )
 
@@ -555,7 +560,52 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, conv: Callable) -> torch.Te
     ):
         out = F.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], c))
         return out.permute(0, 3, 1, 2)  # channels_last strides
+    if (
+        fast("pointwise_matmul_grad", x)
+        and weight.shape[0] <= POINTWISE_GRAD_MAX_OUT
+        and 2 * weight.shape[0] <= c
+        and (x.requires_grad or weight.requires_grad)
+        and torch.is_grad_enabled()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return _PointwiseMatmulGrad.apply(*autocast_operands(x, weight))
     return conv(x)
+
+
+#: 1x1 convolutions (channels_last, larger than :data:`POINTWISE_MATMUL_PIXELS`) to at most
+#: this many output channels, from at least twice as many input channels, differentiate as
+#: matrix products: oneDNN's backward (torch 2.13, AVX-512) runs output channels below its
+#: 16-channel block 1.2x-3.3x slower than the two products (measured cold-cache for 5-12
+#: output and 10-96 input channels, 8,192-65,536 pixels; 15 and more output channels, or
+#: as many inputs as outputs, lose: 0.5x-1.1x).
+POINTWISE_GRAD_MAX_OUT = 12
+
+
+class _PointwiseMatmulGrad(torch.autograd.Function):
+    """A 1x1 convolution (stride 1, no bias) of a channels_last ``x``: oneDNN's forward, and
+    the gradients as products of the (pixels, channels) views, ``grad_x = g W`` (returned
+    channels_last) and ``grad_W = g^T x``."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        n, c, height, width = x.shape
+        c_out = weight.shape[0]
+        rows = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        rows = rows.reshape(-1, c_out)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (rows @ weight.reshape(c_out, c)).view(n, height, width, c)
+            grad_x = grad_x.permute(0, 3, 1, 2)  # channels_last strides
+        if ctx.needs_input_grad[1]:
+            pixels = x.permute(0, 2, 3, 1).reshape(-1, c)
+            grad_w = (rows.t() @ pixels).view(c_out, c, 1, 1)
+        return grad_x, grad_w
 
 
 class Pointwise(nn.Conv2d):
