@@ -193,6 +193,7 @@ def test_pointwise_matmul_grad_runs_for_few_output_channels_of_larger_maps(monke
     monkeypatch.setattr(
         ops._PointwiseMatmulGrad, "apply", lambda *a: taken.append(a) or F.conv2d(*a)
     )
+
     def maps(c_in):
         return torch.randn(2, c_in, 48, 48).to(memory_format=torch.channels_last)
 
