@@ -133,6 +133,47 @@ def test_searched_cells_fast_paths_are_exact(seed, dtype):
     assert_equivalent(model, x)
 
 
+REPEATED_POOLS = nasnet.space.Genotype(
+    normal=nasnet.space.Cell(
+        blocks=(
+            nasnet.space.Block(1, 1, "avg_pool_3x3", "avg_pool_3x3"),  # projected (c_in != F)
+            nasnet.space.Block(0, 0, "max_pool_3x3", "sep_conv_3x3"),
+            nasnet.space.Block(0, 2, "max_pool_3x3", "avg_pool_3x3"),
+            nasnet.space.Block(3, 1, "max_pool_5x5", "avg_pool_3x3"),
+            nasnet.space.Block(4, 4, "max_pool_5x5", "max_pool_5x5"),
+        )
+    ),
+    reduction=NASNET_A.reduction,  # max-pools h_i twice
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_repeated_pools_are_computed_once_and_exact(dtype):
+    torch.manual_seed(0)
+    model = nasnet.build_network(
+        REPEATED_POOLS, stem="cifar", cells=1, filters=8, num_classes=10, image_size=8,
+        drop_path_keep_prob=0.6,
+    )  # fmt: skip
+    model = randomized(model).to(dtype=dtype, memory_format=torch.channels_last)
+    model.set_drop_path_progress(0.8)
+    x = torch.randn(4, 3, 8, 8, dtype=dtype).to(memory_format=torch.channels_last)
+    assert_equivalent(model, x, only="shared_pools")
+    calls = {True: 0, False: 0}
+    on = [True]
+
+    def count(module, inputs, output):
+        calls[on[0]] += 1
+
+    for module in model.modules():
+        if isinstance(module, (ops.MaxPool2dSame, ops.AvgPool2dSame)):
+            module.register_forward_hook(count)
+    for on[0] in (True, False):
+        with fast_paths(on[0]):
+            model.train()(x)
+    # 3 normal cells: 9 pool uses of 5 distinct (pool, state) pairs; 2 reduction cells: 4 of 3
+    assert calls == {True: 3 * 5 + 2 * 3, False: 3 * 9 + 2 * 4}
+
+
 def test_ceil_mode_pools_equal_padded_pools():
     for size, k, s in itertools.product(range(1, 14), (3, 5, 7), (1, 2)):
         x = torch.randn(2, 3, size, size + 1).to(memory_format=torch.channels_last)

@@ -23,6 +23,7 @@ from nasnet.ops import (
     DropPath,
     FactorizedReduction,
     Pointwise,
+    Pool,
     ReLUConvBN,
     WholeMapConv,
     after_relu,
@@ -113,6 +114,25 @@ class CellModule(nn.Module):
         ]
         self._pre_i_relu = starts_with_relu(self.pre_i)
         self._relu_first = [starts_with_relu(op) for op in self.ops]
+        self._pool_source = self._repeated_pools(cell)
+
+    def _repeated_pools(self, cell: Cell) -> list[int | None]:
+        """For each op that is a pool the cell also applies, with the same kind, size and
+        stride, to the same state elsewhere: the first such op (whose pooled map it reuses);
+        ``None`` for every other op."""
+        keys = [
+            (name, index) if isinstance(self.ops[j], Pool) else None
+            for j, (index, name) in enumerate(
+                pair
+                for block in cell.blocks
+                for pair in ((block.input_1, block.op_1), (block.input_2, block.op_2))
+            )
+        ]
+        first: dict[tuple[str, int], int] = {}
+        for j, key in enumerate(keys):
+            if key is not None:
+                first.setdefault(key, j)
+        return [first[key] if key is not None and keys.count(key) > 1 else None for key in keys]
 
     @staticmethod
     def _prev_adjustment(c_in: int, channels: int, larger: bool, bn: BNConfig):
@@ -139,12 +159,15 @@ class CellModule(nn.Module):
         else:
             states, relus = self._inputs_shared(h_i, h_prev, relu_i, relu_prev)
         addends: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # summed into the output
+        pooled: dict[int, torch.Tensor] | None = {} if fast("shared_pools") else None
         for k, block in enumerate(self.cell.blocks):
             pair = []
             for j, index in ((2 * k, block.input_1), (2 * k + 1, block.input_2)):
                 op = self.ops[j]
                 if relus is not None and self._relu_first[j]:
                     out = after_relu(op, relus[index]())  # one ReLU per state
+                elif pooled is not None and self._pool_source[j] is not None:
+                    out = self._shared_pool(op, j, states[index], pooled)
                 else:
                     out = op(states[index])
                 pair.append(self.drop_paths[j](out))
@@ -159,6 +182,21 @@ class CellModule(nn.Module):
             if relus is not None:
                 relus.append(LazyReLU(states[-1]))
         return self._output(states, addends)
+
+    def _shared_pool(
+        self, op: Pool, j: int, state: torch.Tensor, pooled: dict[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """``op(state)`` for a repeated pool: the pooled map is computed by its first use and
+        reused by the others (the same tensor; autograd sums their gradients before one pool
+        backward), then each applies its own projection, if any."""
+        source = self._pool_source[j]
+        if source not in pooled:
+            pooled[source] = op[0](state)
+        out = pooled[source]
+        for i, layer in enumerate(op):
+            if i:
+                out = layer(out)
+        return out
 
     def _output(
         self, states: list, addends: dict[int, tuple[torch.Tensor, torch.Tensor]]

@@ -57,7 +57,10 @@ from torch import nn
 #: pool of channels_last maps reduces the (N, H x W, C) view (see :func:`spatial_mean`);
 #: ``pointwise_matmul_grad``: 1x1 convolutions of larger channels_last maps to few output
 #: channels keep oneDNN's forward but take their gradients as two matrix products (see
-#: :class:`_PointwiseMatmulGrad`).
+#: :class:`_PointwiseMatmulGrad`); ``shared_pools``: a pool that a cell applies twice to the
+#: same state (NASNet-A's normal cell averages h_{i-1} twice, its reduction cell max-pools h_i
+#: twice) is computed once, each use keeping its own projection and DropPath (see
+#: ``nasnet.network.CellModule``).
 #:
 #: The paths of :data:`CPU_FAST_PATHS` work around the costs of oneDNN's CPU kernels.
 FAST_PATHS: dict[str, bool] = {
@@ -77,6 +80,7 @@ FAST_PATHS: dict[str, bool] = {
     "whole_map_linear": True,
     "channels_last_mean": True,
     "pointwise_matmul_grad": True,
+    "shared_pools": True,
 }
 
 
