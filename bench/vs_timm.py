@@ -25,6 +25,7 @@ affects all of them alike.
     python bench/vs_timm.py --quick                  # both configs, 1 and 2 threads, ~2 min
     python bench/vs_timm.py --threads 2 --config large64 --rounds 9
     python bench/vs_timm.py --profile                # top ops by self CPU time, ours vs timm
+    python bench/vs_timm.py --breakdown --threads 1  # wall time of each ATen op, ours vs timm
     python bench/vs_timm.py --device cuda --amp      # the same comparison on a GPU (bf16)
     python bench/vs_timm.py --before DIR             # also time the package copy in DIR/nasnet
     python bench/vs_timm.py --compile --config cifar --threads 1   # + torch.compile, both sides
@@ -361,6 +362,67 @@ def profile(config: str, threads: int, args, sides: dict) -> None:
         print(events.table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
 
 
+def breakdown(config: str, threads: int, args, sides: dict) -> None:
+    """Wall time of every ATen op of a few channels_last training steps, per side, summed by
+    op and by (op, input shapes).
+
+    Each op is timed around its own call at the dispatcher (a ``TorchDispatchMode``; CPU ops
+    are synchronous), so the figures add up to the step's wall time. torch.profiler's self
+    CPU times do not, on the VMs measured here: they inflate the memory-bound ops 5-10x (the
+    CIFAR child's ReLUs showed as 48-78 ms per step, 6 ms when timed this way) and so misrank
+    them. One distortion of this way: while a dispatch mode is on, autograd sums the
+    gradients of a tensor with several readers out of place (a new tensor each time), so
+    ``add`` reads higher than in an untimed step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    totals: dict[tuple[str, tuple], list[float]] = {}
+
+    class Timer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args_=(), kwargs=None):
+            start = time.perf_counter()
+            out = func(*args_, **(kwargs or {}))
+            elapsed = time.perf_counter() - start
+            shapes = tuple(tuple(a.shape) for a in args_ if isinstance(a, torch.Tensor))[:3]
+            entry = totals.setdefault((func.overloadpacket.__name__, shapes), [0.0, 0])
+            entry[0] += elapsed
+            entry[1] += 1
+            return out
+
+    torch.set_num_threads(threads)
+    steps = args.profile_steps
+    for side, (nasnet, timm_nasnet) in sides.items():
+        torch.manual_seed(0)
+        with imports_of(nasnet):
+            model, size, batch = build(config, "timm" if side == "timm" else "ours",
+                                       nasnet, timm_nasnet)  # fmt: skip
+        trainer = Trainer(model, size, args.batch or batch, True, args.device, args.amp)
+        for _ in range(args.warmup):
+            trainer.step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        untimed = (time.perf_counter() - start) / steps * 1e3
+        totals.clear()
+        with Timer():
+            for _ in range(steps):
+                trainer.step()
+        by_op: dict[str, float] = {}
+        for (name, _), (seconds, _) in totals.items():
+            by_op[name] = by_op.get(name, 0.0) + seconds
+        ops_per_step = sum(n for _, n in totals.values()) / steps
+        print(f"\n{side}, {config}, channels_last, {threads} thread(s): step {untimed:.0f} ms "
+              f"untimed; ATen ops {sum(by_op.values()) / steps * 1e3:.0f} ms "
+              f"({ops_per_step:.0f} ops) per step")  # fmt: skip
+        top = sorted(by_op.items(), key=lambda kv: -kv[1])[: args.profile_rows]
+        print("  ms/step  op")
+        for name, seconds in top:
+            print(f"  {seconds / steps * 1e3:7.1f}  {name}")
+        print("  ms/step  calls  op and input shapes")
+        rows = sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.profile_rows]
+        for (name, shapes), (seconds, calls) in rows:
+            print(f"  {seconds / steps * 1e3:7.1f}  {calls / steps:5.0f}  {name} {shapes}")
+
+
 def main() -> None:
     args = parse_args()
     timm_nasnet = load_timm()
@@ -377,7 +439,9 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     for threads in args.threads:
         for config in args.config:
-            if args.profile:
+            if args.breakdown:
+                breakdown(config, threads, args, sides)
+            elif args.profile:
                 profile(config, threads, args, sides)
             else:
                 compare(config, threads, args, sides)
@@ -401,6 +465,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="also time compiled channels_last variants (takes minutes)")  # fmt: skip
     p.add_argument("--profile", action="store_true", help="profile instead of timing")
+    p.add_argument("--breakdown", action="store_true",
+                   help="wall time per ATen op instead of timing (see breakdown())")  # fmt: skip
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--profile-rows", type=int, default=12)
     args = p.parse_args()

@@ -433,11 +433,13 @@ def test_depthwise_column_grad_equals_convolution_gradient(kernel):
             assert_close(a, b, f"depthwise {kernel}x{kernel} {what} at {height}x{width}")
 
 
-@pytest.mark.parametrize("kernel, stride", [(5, 1), (7, 2)])
-def test_depthwise_column_grad_runs_where_it_pays(kernel, stride):
+@pytest.mark.parametrize("kernel, stride, size", [(5, 1, 32), (7, 2, 32), (7, 2, 31), (5, 2, 33)])
+def test_depthwise_column_grad_runs_where_it_pays(kernel, stride, size):
+    """Stride 1; stride 2 on an even map (a padded copy, asymmetric "SAME") and on odd ones
+    (symmetric: the convolution pads itself, the weight gradient reads a padded copy)."""
     conv = ops.Conv2dSame(8, 8, kernel, stride=stride, groups=8)
     conv = conv.to(memory_format=torch.channels_last)
-    x = torch.randn(16, 8, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
+    x = torch.randn(32, 8, size, size).to(memory_format=torch.channels_last).requires_grad_(True)
     assert ops._column_grad_pays(x) and not ops._column_grad_pays(x[:, :, :8, :4])
     results = []
     for on in (False, True):
@@ -446,7 +448,7 @@ def test_depthwise_column_grad_runs_where_it_pays(kernel, stride):
         assert (y.grad_fn.name() == "_DepthwiseColumnGradBackward") is on
         results.append((y, *torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))))
     for got, ref, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
-        assert_close(got, ref, f"depthwise {kernel}x{kernel} stride {stride} {what} at 32x32")
+        assert_close(got, ref, f"depthwise {kernel}x{kernel} s{stride} {what} at {size}x{size}")
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
@@ -509,14 +511,15 @@ def test_strided_depthwise_column_grad_equals_convolution_gradient(kernel):
         x = torch.randn(2, 3, height, width, dtype=torch.float64)
         x = x.to(memory_format=torch.channels_last).requires_grad_(True)
         weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
-        for stride in ((2, 2), (1, 2)):
-            y = F.conv2d(x, weight, None, stride, 0, 1, 3)
+        for stride, padding in itertools.product(((2, 2), (1, 2)), ((0, 0), (kernel // 2, 1))):
+            y = F.conv2d(x, weight, None, stride, padding, 1, 3)
             grad = torch.randn_like(y)
             ref = torch.autograd.grad(y, (x, weight), grad)
-            y = ops._DepthwiseColumnGrad.apply(x, weight, stride, (0, 0))
+            y = ops._DepthwiseColumnGrad.apply(x, weight, stride, padding)
             got = torch.autograd.grad(y, (x, weight), grad)
             for a, b, what in zip(got, ref, ("dx", "dw"), strict=True):
-                assert_close(a, b, f"{kernel}x{kernel} stride {stride} {what} at {height}x{width}")
+                where = f"stride {stride} padding {padding} {what} at {height}x{width}"
+                assert_close(a, b, f"{kernel}x{kernel} {where}")
 
 
 def test_concat_of_sums_equals_concatenated_sums():
