@@ -328,11 +328,8 @@ def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
     return result
 
 
-def profile(config: str, threads: int, args, sides: dict) -> None:
-    """Top ops by self CPU time of a few channels_last training steps, per side."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
+def warm_trainers(config: str, threads: int, args, sides: dict):
+    """(side, channels_last trainer after ``args.warmup`` steps), one side at a time."""
     torch.set_num_threads(threads)
     for side, (nasnet, timm_nasnet) in sides.items():
         torch.manual_seed(0)
@@ -342,6 +339,15 @@ def profile(config: str, threads: int, args, sides: dict) -> None:
         trainer = Trainer(model, size, args.batch or batch, True, args.device, args.amp)
         for _ in range(args.warmup):
             trainer.step()
+        yield side, trainer
+
+
+def profile(config: str, threads: int, args, sides: dict) -> None:
+    """Top ops by self CPU time of a few channels_last training steps, per side."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for side, trainer in warm_trainers(config, threads, args, sides):
         activities = [ProfilerActivity.CPU]
         if args.device == "cuda":
             activities.append(ProfilerActivity.CUDA)
@@ -388,16 +394,8 @@ def breakdown(config: str, threads: int, args, sides: dict) -> None:
             entry[1] += 1
             return out
 
-    torch.set_num_threads(threads)
     steps = args.profile_steps
-    for side, (nasnet, timm_nasnet) in sides.items():
-        torch.manual_seed(0)
-        with imports_of(nasnet):
-            model, size, batch = build(config, "timm" if side == "timm" else "ours",
-                                       nasnet, timm_nasnet)  # fmt: skip
-        trainer = Trainer(model, size, args.batch or batch, True, args.device, args.amp)
-        for _ in range(args.warmup):
-            trainer.step()
+    for side, trainer in warm_trainers(config, threads, args, sides):
         start = time.perf_counter()
         for _ in range(steps):
             trainer.step()
