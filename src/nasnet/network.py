@@ -26,6 +26,7 @@ from nasnet.ops import (
     Pool,
     ReLUConvBN,
     WholeMapConv,
+    after_first_layer,
     after_relu,
     concat_of_sums,
     fast,
@@ -91,11 +92,13 @@ class CellModule(nn.Module):
         state_channels = [channels, c_h1]
         self.ops = nn.ModuleList()
         self.drop_paths = nn.ModuleList()
+        pools: list[tuple[str, int] | None] = []  # (op, state) of each op that is a pool
         for block in cell.blocks:
             for index, name in ((block.input_1, block.op_1), (block.input_2, block.op_2)):
                 stride = 2 if reduction and index < NUM_CELL_INPUTS else 1
                 self.ops.append(OP_FACTORIES[name](state_channels[index], channels, stride, bn))
                 self.drop_paths.append(nn.Identity() if name in UNDROPPED_OPS else DropPath())
+                pools.append((name, index) if isinstance(self.ops[-1], Pool) else None)
             state_channels.append(channels * (2 if block.combine == "concat" else 1))
         self.output_states = cell.output_states()
         self.out_projections = nn.ModuleDict()
@@ -114,25 +117,12 @@ class CellModule(nn.Module):
         ]
         self._pre_i_relu = starts_with_relu(self.pre_i)
         self._relu_first = [starts_with_relu(op) for op in self.ops]
-        self._pool_source = self._repeated_pools(cell)
-
-    def _repeated_pools(self, cell: Cell) -> list[int | None]:
-        """For each op that is a pool the cell also applies, with the same kind, size and
-        stride, to the same state elsewhere: the first such op (whose pooled map it reuses);
-        ``None`` for every other op."""
-        keys = [
-            (name, index) if isinstance(self.ops[j], Pool) else None
-            for j, (index, name) in enumerate(
-                pair
-                for block in cell.blocks
-                for pair in ((block.input_1, block.op_1), (block.input_2, block.op_2))
-            )
+        # For each pool the cell also applies (same kind, size and stride) to the same state
+        # elsewhere, the first such op, whose pooled map it reuses; None for other ops.
+        first = {key: pools.index(key) for key in pools if key is not None}
+        self._pool_source = [
+            first[key] if key is not None and pools.count(key) > 1 else None for key in pools
         ]
-        first: dict[tuple[str, int], int] = {}
-        for j, key in enumerate(keys):
-            if key is not None:
-                first.setdefault(key, j)
-        return [first[key] if key is not None and keys.count(key) > 1 else None for key in keys]
 
     @staticmethod
     def _prev_adjustment(c_in: int, channels: int, larger: bool, bn: BNConfig):
@@ -192,11 +182,7 @@ class CellModule(nn.Module):
         source = self._pool_source[j]
         if source not in pooled:
             pooled[source] = op[0](state)
-        out = pooled[source]
-        for i, layer in enumerate(op):
-            if i:
-                out = layer(out)
-        return out
+        return after_first_layer(op, pooled[source])
 
     def _output(
         self, states: list, addends: dict[int, tuple[torch.Tensor, torch.Tensor]]

@@ -406,34 +406,31 @@ class Conv2dSame(nn.Conv2d):
                 index = _depthwise_index(height, width, kh, kw, sh, sw, dh, dw)
                 bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
                 return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
-        if self._column_grad and fast("depthwise_column_grad", x) and _column_grad_pays(x):
-            return _DepthwiseColumnGrad.apply(
-                *autocast_operands(x, self.weight), (1, 1), self.padding
-            )
+        y = self._by_columns(x, self._column_grad, (1, 1), self.padding)
+        if y is not None:
+            return y
         if not self._static:
             if fast("native_padding"):
                 padding = _symmetric_same(x, self.kernel_size, self.stride, self.dilation)
-                if padding is not None:
-                    if (
-                        self._strided_column_grad
-                        and fast("depthwise_column_grad", x)
-                        and _column_grad_pays(x)
-                    ):  # the weight gradient from a padded copy; the rest padding-free
-                        return _DepthwiseColumnGrad.apply(
-                            *autocast_operands(x, self.weight), self.stride, padding
-                        )
+                if padding is not None:  # at stride 2 the weight gradient pads a copy itself
+                    y = self._by_columns(x, self._strided_column_grad, self.stride, padding)
+                    if y is not None:
+                        return y
                     s, d, g = self.stride, self.dilation, self.groups
                     return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-            if (
-                self._strided_column_grad
-                and fast("depthwise_column_grad", x)
-                and _column_grad_pays(x)
-            ):
-                return _DepthwiseColumnGrad.apply(
-                    *autocast_operands(x, self.weight), self.stride, (0, 0)
-                )
+            y = self._by_columns(x, self._strided_column_grad, self.stride, (0, 0))
+            if y is not None:
+                return y
         return super().forward(x)
+
+    def _by_columns(self, x, wide: bool, stride, padding) -> torch.Tensor | None:
+        """This depthwise convolution through :class:`_DepthwiseColumnGrad` where ``wide``
+        (its kernel qualifies), the fast path is on and the map is large enough to pay;
+        ``None`` otherwise."""
+        if wide and fast("depthwise_column_grad", x) and _column_grad_pays(x):
+            return _DepthwiseColumnGrad.apply(*autocast_operands(x, self.weight), stride, padding)
+        return None
 
 
 #: The column-wise depthwise weight gradient pays for its extra calls and shifted copies on
@@ -1089,13 +1086,18 @@ def starts_with_relu(module: nn.Module) -> bool:
     )
 
 
+def after_first_layer(module: nn.Sequential, y: torch.Tensor) -> torch.Tensor:
+    """Run ``module`` from its second layer on, given ``y``, its first layer's output."""
+    for i, layer in enumerate(module):
+        if i:
+            y = layer(y)
+    return y
+
+
 def after_relu(module: nn.Sequential, x_relu: torch.Tensor) -> torch.Tensor:
     """Run ``module`` (see :func:`starts_with_relu`) on ``x_relu = relu(x)`` from its second
     layer on: equals ``module(x)``, without computing the ReLU again."""
-    for i, layer in enumerate(module):
-        if i:
-            x_relu = layer(x_relu)
-    return x_relu
+    return after_first_layer(module, x_relu)
 
 
 OpFactory = Callable[[int, int, int, BNConfig], nn.Module]
