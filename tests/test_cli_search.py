@@ -240,3 +240,32 @@ def test_search_help_lists_every_strategy_evaluator_and_executor():
         assert all(name in helps[flag] for name in names), (flag, helps[flag])
     epilog = subparsers.choices["search"].epilog  # the defaults a new search gets
     assert "warmup_steps=1000" in epilog and "normalize_free_ops=True" in epilog
+
+
+@pytest.mark.parametrize("signum, status, said", [("SIGTERM", 143, "terminated"),
+                                                  ("SIGINT", 130, "interrupted")])  # fmt: skip
+def test_the_exit_status_follows_the_signal_when_a_library_swallows_its_exception(
+    monkeypatch, capsys, signum, status, said
+):
+    """Ray's ``ray.wait`` runs signal handlers from native code and raises a plain
+    KeyboardInterrupt whatever the handler raised; a SIGTERM stays 'terminated' (143)."""
+    import signal
+
+    import nasnet.cli
+
+    def blocked_in_native_code(args):
+        try:
+            signal.raise_signal(getattr(signal, signum))
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None  # the class is lost, as in Ray's loop
+
+    args = nasnet.cli.build_parser().parse_args(["info", "nasnet_a"])
+    args.func = blocked_in_native_code
+    parser = type("Parser", (), {"parse_args": lambda self, argv: args})()
+    monkeypatch.setattr(nasnet.cli, "build_parser", lambda: parser)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        assert main(["info", "nasnet_a"]) == status
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert f"nasnet info: {said}" in capsys.readouterr().err

@@ -133,7 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Whether this process received SIGTERM. A library that blocks in native code can swallow the
+#: handler's :class:`Terminated` and raise a plain ``KeyboardInterrupt`` instead (Ray's
+#: ``ray.wait`` does: its native loop sees only that a signal handler failed), so the exit
+#: status follows the signal received, not the exception's class.
+_sigterm_received = False
+
+
 def _terminate(signum: int, frame: object) -> None:
+    global _sigterm_received
+    _sigterm_received = True
     raise Terminated()
 
 
@@ -146,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nasnet: interrupted", file=sys.stderr)
         return 130
+    global _sigterm_received
+    _sigterm_received = False
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM)
     if in_main_thread:
@@ -162,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`nasnet show --json | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except Terminated:
-        print(f"nasnet {args.command}: terminated{_resume_hint(args)}", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, Terminated) or _sigterm_received:
+            print(f"nasnet {args.command}: terminated{_resume_hint(args)}", file=sys.stderr)
+            return 143
         print(f"nasnet {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     finally:
