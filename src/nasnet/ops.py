@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasnet import native
+
 #: Exact fast paths (same outputs and gradients up to float rounding), on by default:
 #: ``pool_ceil_mode``: asymmetric "SAME" pools use the pool's own padding + ``ceil_mode`` instead
 #: of ``F.pad`` (no padded copy); ``small_depthwise``: depthwise convolutions on maps of at most
@@ -60,7 +62,10 @@ from torch import nn
 #: :class:`_PointwiseMatmulGrad`); ``shared_pools``: a pool that a cell applies twice to the
 #: same state (NASNet-A's normal cell averages h_{i-1} twice, its reduction cell max-pools h_i
 #: twice) is computed once, each use keeping its own projection and DropPath (see
-#: ``nasnet.network.CellModule``).
+#: ``nasnet.network.CellModule``); ``native_depthwise``: depthwise convolutions (float32,
+#: channels_last, in training) run through the kernels of :mod:`nasnet.native`, compiled for
+#: this machine on first use (where they cannot be, the paths above run; see
+#: :class:`_NativeDepthwise`).
 #:
 #: The paths of :data:`CPU_FAST_PATHS` work around the costs of oneDNN's CPU kernels.
 FAST_PATHS: dict[str, bool] = {
@@ -81,6 +86,7 @@ FAST_PATHS: dict[str, bool] = {
     "channels_last_mean": True,
     "pointwise_matmul_grad": True,
     "shared_pools": True,
+    "native_depthwise": True,
 }
 
 
@@ -129,6 +135,7 @@ CPU_FAST_PATHS = frozenset(
         "depthwise_column_grad",
         "avg_pool_as_conv",
         "pointwise_matmul_grad",
+        "native_depthwise",
     }
 )
 
@@ -386,6 +393,7 @@ class Conv2dSame(nn.Conv2d):
         wide = self._depthwise and self.dilation == (1, 1) and self.kernel_size[1] > 3
         self._column_grad = wide and self._static
         self._strided_column_grad = wide and self.stride[1] == 2 and self.kernel_size[1] % 2 == 1
+        self._native_grad = self._depthwise and self.dilation == (1, 1)
 
     def _unit_stride(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
@@ -406,28 +414,32 @@ class Conv2dSame(nn.Conv2d):
                 index = _depthwise_index(height, width, kh, kw, sh, sw, dh, dw)
                 bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
                 return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
-        y = self._by_columns(x, self._column_grad, (1, 1), self.padding)
-        if y is not None:
-            return y
-        if not self._static:
+        if self._static:
+            y = self._depthwise_grad(x, self._column_grad, (1, 1), self.padding)
+            if y is not None:
+                return y
+        else:
             if fast("native_padding"):
                 padding = _symmetric_same(x, self.kernel_size, self.stride, self.dilation)
                 if padding is not None:  # at stride 2 the weight gradient pads a copy itself
-                    y = self._by_columns(x, self._strided_column_grad, self.stride, padding)
+                    y = self._depthwise_grad(x, self._strided_column_grad, self.stride, padding)
                     if y is not None:
                         return y
                     s, d, g = self.stride, self.dilation, self.groups
                     return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-            y = self._by_columns(x, self._strided_column_grad, self.stride, (0, 0))
+            y = self._depthwise_grad(x, self._strided_column_grad, self.stride, (0, 0))
             if y is not None:
                 return y
         return super().forward(x)
 
-    def _by_columns(self, x, wide: bool, stride, padding) -> torch.Tensor | None:
-        """This depthwise convolution through :class:`_DepthwiseColumnGrad` where ``wide``
-        (its kernel qualifies), the fast path is on and the map is large enough to pay;
-        ``None`` otherwise."""
+    def _depthwise_grad(self, x, wide: bool, stride, padding) -> torch.Tensor | None:
+        """This depthwise convolution (``padding`` its own) through
+        :class:`_NativeDepthwise` where that applies, else through
+        :class:`_DepthwiseColumnGrad` where ``wide`` (its kernel qualifies), that fast path
+        is on and the map is large enough to pay; ``None`` otherwise."""
+        if self._native_grad and _native_grad_applies(x, self.weight):
+            return _NativeDepthwise.apply(x, self.weight, stride, padding)
         if wide and fast("depthwise_column_grad", x) and _column_grad_pays(x):
             return _DepthwiseColumnGrad.apply(*autocast_operands(x, self.weight), stride, padding)
         return None
@@ -441,6 +453,68 @@ COLUMN_GRAD_MIN_ELEMENTS = 2**17
 
 def _column_grad_pays(x: torch.Tensor) -> bool:
     return x.shape[-1] >= 8 and x.numel() >= COLUMN_GRAD_MIN_ELEMENTS
+
+
+def _native_grad_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        fast("native_depthwise", x)
+        and weight.requires_grad
+        and torch.is_grad_enabled()
+        and x.dtype == weight.dtype == torch.float32
+        and _autocast_dtype("cpu") is None
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and native.library() is not None
+    )
+
+
+class _NativeDepthwise(torch.autograd.Function):
+    """A depthwise convolution through the kernels of :mod:`nasnet.native`: its output, its
+    input gradient at stride 1 (the convolution of the output gradient with the kernel
+    rotated half a turn) and its weight gradient; oneDNN's input gradient at other strides.
+
+    On NASNet children's maps (12-48 channels, 3x3-7x7 kernels, batch 32-64, cold caches)
+    oneDNN (torch 2.13, AVX-512) runs these 1.5x-3x slower, the weight gradient of kernels
+    wider than 3 columns 3x-6x (1.5x-3x even through :class:`_DepthwiseColumnGrad`): channel
+    counts that are not a multiple of its 16-channel block, and per-call costs on small maps.
+    Sums run in another order than oneDNN's: results agree to float32 rounding, and are the
+    same from run to run at a given thread count.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        kh, kw = weight.shape[2:]
+        out_size = tuple(
+            (size + 2 * p - k) // s + 1
+            for size, p, k, s in zip(x.shape[2:], padding, (kh, kw), stride, strict=True)
+        )
+        y = native.depthwise_conv(x, weight, stride, padding, out_size)
+        return y if y is not None else F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _native_input_grad(grad, x, weight, ctx.stride, ctx.padding)
+        if ctx.needs_input_grad[1]:
+            kernel = tuple(weight.shape[2:])
+            grad_w = native.depthwise_weight_grad(grad, x, kernel, ctx.stride, ctx.padding)
+            if grad_w is None:  # not reached: the library loaded before the forward
+                grad_w = _depthwise_backward(grad, x, weight, ctx.padding, False, ctx.stride)
+        return grad_x, grad_w, None, None
+
+
+def _native_input_grad(grad, x, weight, stride, padding) -> torch.Tensor:
+    if stride == (1, 1):
+        kh, kw = weight.shape[2:]
+        flipped = (kh - 1 - padding[0], kw - 1 - padding[1])
+        grad_x = native.depthwise_conv(grad, weight, (1, 1), flipped, x.shape[2:], flip=True)
+        if grad_x is not None:
+            return grad_x
+    return _depthwise_backward(grad, x, weight, padding, True, stride)
 
 
 class _DepthwiseColumnGrad(torch.autograd.Function):

@@ -1,0 +1,185 @@
+"""Kernels compiled for this machine on first use: where oneDNN's CPU kernels are slow on the
+shapes NASNet children have.
+
+The C++ source ships with the package (``depthwise.cpp``); the first call compiles it with
+the system's C++ compiler (``$CXX``, else ``c++``) for the vector instructions torch itself
+dispatches to here (``torch.backends.cpu.get_cpu_capability()``), with OpenMP where the
+compiler has it, and keeps the library in ``$NASNET_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/nasnet``, else ``~/.cache/nasnet``) under a name that hashes the source,
+compiler, flags and CPU capability, so machines sharing a home directory never load each
+other's builds. Processes that compile at once each write their own file and rename it into
+place. Where there is no compiler, compiling fails, or ``NASNET_NATIVE=0`` is set,
+:func:`library` returns ``None`` and callers keep their PyTorch path;
+:func:`unavailable_reason` says why.
+
+Loaded after torch, an OpenMP build shares torch's OpenMP runtime (the same ``libgomp.so.1``)
+and so its threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("depthwise.cpp")
+#: What ``nasnet_native_abi()`` returns for the functions this module declares.
+ABI = 2
+_ARCH_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, compiling them on first use; ``None`` where they cannot be had."""
+    if "library" not in _state:
+        with _lock:
+            if "library" not in _state:
+                _state["library"], _state["reason"] = _load()
+    return _state["library"]  # type: ignore[return-value]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`library` is ``None`` (one line), or ``None`` where it loaded."""
+    library()
+    return _state["reason"]  # type: ignore[return-value]
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept."""
+    if os.environ.get("NASNET_CACHE_DIR"):
+        return Path(os.environ["NASNET_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nasnet"
+
+
+def depthwise_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], stride, padding
+) -> torch.Tensor | None:
+    """The weight gradient (C, 1, kh, kw) of the depthwise convolution of ``x`` (float32,
+    channels_last, N x C x H x W) with top/left ``padding``, given ``grad``, the gradient of
+    its output; ``None`` where the kernels are unavailable."""
+    lib = library()
+    if lib is None:
+        return None
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    n, c, height, width = x.shape
+    out_h, out_w = grad.shape[2:]
+    kh, kw = kernel
+    out = torch.empty(kh, kw, c, dtype=torch.float32)
+    work = n * out_h * out_w * kh * kw * -(-c // 16)
+    threads = torch.get_num_threads() if work >= PARALLEL_MIN_WORK else 1
+    lib.nasnet_depthwise_weight_grad_f32(
+        x.data_ptr(), grad.data_ptr(), out.data_ptr(), n, c, height, width, out_h, out_w,
+        kh, kw, stride[0], stride[1], padding[0], padding[1], threads,
+    )  # fmt: skip
+    return out.permute(2, 0, 1).unsqueeze(1)
+
+
+def depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, stride, padding, out_size, flip: bool = False
+) -> torch.Tensor | None:
+    """The depthwise convolution of ``x`` (float32, channels_last) with ``weight`` (C, 1, kh,
+    kw; rotated half a turn where ``flip``) and top/left ``padding``, ``out_size`` (H, W)
+    pixels; ``None`` where the kernels are unavailable or have no loop for this kernel width
+    or stride (3, 5 or 7 columns; stride 1 or 2 along the width)."""
+    lib = library()
+    if lib is None:
+        return None
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = weight.contiguous()
+    n, c, height, width = x.shape
+    kh, kw = weight.shape[2:]
+    out = torch.empty(n, c, *out_size, memory_format=torch.channels_last)
+    work = n * out_size[0] * out_size[1] * kh * kw * -(-c // 16)
+    threads = torch.get_num_threads() if work >= PARALLEL_MIN_WORK else 1
+    failed = lib.nasnet_depthwise_conv_f32(
+        x.data_ptr(), weight.data_ptr(), out.data_ptr(), n, c, height, width, *out_size,
+        kh, kw, stride[0], stride[1], padding[0], padding[1], int(flip), threads,
+    )  # fmt: skip
+    return None if failed else out
+
+
+#: Below this many vector products (pixels x taps x 16-channel blocks) one thread sums the
+#: gradient: waking the others costs more than it saves.
+PARALLEL_MIN_WORK = 2**16
+
+
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    if os.environ.get("NASNET_NATIVE", "1") == "0":
+        return None, "NASNET_NATIVE=0"
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        return None, f"no C++ compiler ({os.environ.get('CXX', 'c++')} not found)"
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", *_ARCH_FLAGS.get(capability, [])]
+    errors = []
+    for extra in (["-fopenmp"], []):  # without OpenMP where the compiler has none
+        path = _built(compiler, [*flags, *extra], capability, errors)
+        if path is not None:
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError as err:
+                errors.append(f"loading {path}: {err}")
+                continue
+            if lib.nasnet_native_abi() != ABI:
+                errors.append(f"{path} is of another version")
+                continue
+            _declare(lib)
+            return lib, None
+    return None, "compiling the native kernels failed: " + (errors[-1] if errors else "?")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn = lib.nasnet_depthwise_weight_grad_f32
+    fn.argtypes = [ptr, ptr, ptr] + [i64] * 13
+    fn.restype = ctypes.c_int
+    fn = lib.nasnet_depthwise_conv_f32
+    fn.argtypes = [ptr, ptr, ptr] + [i64] * 14
+    fn.restype = ctypes.c_int
+
+
+def _built(compiler: str, flags: list[str], capability: str, errors: list[str]) -> Path | None:
+    """The library built with ``flags``, compiled now unless the cache has it."""
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[:1]
+    key = hashlib.sha256(
+        "\n".join(
+            [SOURCE.read_text(), compiler, *version, *flags, capability, platform.machine()]
+        ).encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / "native" / f"depthwise-{key}.so"
+    if target.exists():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as err:
+        errors.append(f"cannot write to {target.parent}: {err}")
+        return None
+    done = subprocess.run(
+        [compiler, *flags, str(SOURCE), "-o", scratch], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        os.unlink(scratch)
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        errors.append(f"{' '.join([compiler, *flags])}: {last}")
+        return None
+    os.replace(scratch, target)
+    return target

@@ -1,0 +1,193 @@
+"""The kernels of ``nasnet.native``: compiled on first use, equal to PyTorch's gradients, and
+left out cleanly where they cannot be had."""
+
+import itertools
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nasnet import native, ops
+
+HAVE_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
+needs_compiler = pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler here")
+
+
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """``nasnet.native`` as in a new process, with an empty cache of its own."""
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("NASNET_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def reference_weight_grad(grad, x, kernel, stride, padding):
+    """float64 autograd through an explicitly padded copy: top/left ``padding``, and as many
+    zero rows/columns at the bottom/right as ``grad``'s size implies."""
+    (kh, kw), (sh, sw), (pt, pl) = kernel, stride, padding
+    oh, ow = grad.shape[2:]
+    bottom = max(0, (oh - 1) * sh + kh - (x.shape[2] + pt))
+    right = max(0, (ow - 1) * sw + kw - (x.shape[3] + pl))
+    padded = F.pad(x.double(), (pl, right, pt, bottom))
+    weight = torch.zeros(x.shape[1], 1, kh, kw, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(padded, weight, None, stride, 0, 1, x.shape[1])[:, :, :oh, :ow]
+    assert y.shape == grad.shape
+    return torch.autograd.grad(y, weight, grad.double())[0]
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("channels", [1, 12, 17, 24, 36])
+def test_depthwise_weight_grad_equals_pytorch(kernel, channels):
+    torch.manual_seed(kernel * 100 + channels)
+    cases = itertools.product(((1, 1), (2, 2), (1, 2)), ((0, 0), (1, 2), (kernel // 2,) * 2))
+    for (stride, padding), size in itertools.product(cases, [(7, 9), (16, 16)]):
+        x = torch.randn(3, channels, *size).to(memory_format=torch.channels_last)
+        oh = (size[0] + 2 * padding[0] - kernel) // stride[0] + 1
+        ow = (size[1] + 2 * padding[1] - kernel) // stride[1] + 1
+        grad = torch.randn(3, channels, oh, ow).to(memory_format=torch.channels_last)
+        want = reference_weight_grad(grad, x, (kernel, kernel), stride, padding)
+        for threads in (1, 2):
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                got = native.depthwise_weight_grad(grad, x, (kernel, kernel), stride, padding)
+            finally:
+                torch.set_num_threads(previous)
+            assert got.shape == want.shape
+            err = (got.double() - want).abs().max().item() / max(1.0, want.abs().max().item())
+            assert err < 1e-5, f"stride {stride} padding {padding} {size} threads {threads}"
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("channels", [1, 12, 17, 24, 36])
+def test_depthwise_conv_equals_pytorch(kernel, channels):
+    """The output, and (rotated kernel) the input gradient of a stride-1 convolution."""
+    torch.manual_seed(kernel * 100 + channels)
+    weight = torch.randn(channels, 1, kernel, kernel)
+    cases = itertools.product(((1, 1), (2, 2), (1, 2)), ((0, 0), (1, 2), (kernel // 2,) * 2))
+    for (stride, padding), size in itertools.product(cases, [(7, 9), (16, 16)]):
+        x = torch.randn(3, channels, *size).to(memory_format=torch.channels_last)
+        out_size = tuple(
+            (s + 2 * p - kernel) // st + 1 for s, p, st in zip(size, padding, stride, strict=True)
+        )
+        y = F.conv2d(x.double(), weight.double(), None, stride, padding, 1, channels)
+        grad = torch.randn_like(y)
+        for threads in (1, 2):
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                got = native.depthwise_conv(x, weight, stride, padding, out_size)
+                if stride == (1, 1):
+                    flipped = (kernel - 1 - padding[0], kernel - 1 - padding[1])
+                    dx = native.depthwise_conv(grad.float(), weight, stride, flipped, size, True)
+            finally:
+                torch.set_num_threads(previous)
+            where = f"stride {stride} padding {padding} {size} threads {threads}"
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert (got.double() - y).abs().max().item() < 1e-5 * max(1.0, y.abs().max()), where
+            if stride == (1, 1):
+                x64 = x.double().requires_grad_(True)
+                y64 = F.conv2d(x64, weight.double(), None, stride, padding, 1, channels)
+                want = torch.autograd.grad(y64, x64, grad)[0]
+                scale = max(1.0, want.abs().max().item())
+                assert (dx.double() - want).abs().max().item() < 1e-5 * scale, where
+
+
+@needs_compiler
+def test_depthwise_conv_without_a_loop_for_the_kernel_says_so():
+    x = torch.randn(2, 4, 9, 9).to(memory_format=torch.channels_last)
+    assert native.depthwise_conv(x, torch.randn(4, 1, 9, 9), (1, 1), (4, 4), (9, 9)) is None
+    assert native.depthwise_conv(x, torch.randn(4, 1, 3, 3), (1, 3), (1, 1), (9, 3)) is None
+    conv = ops.Conv2dSame(4, 4, 9, groups=4).to(memory_format=torch.channels_last)
+    y = conv(x)  # oneDNN's output and input gradient instead; the native weight gradient
+    ref = F.conv2d(x, conv.weight, None, 1, 4, 1, 4)
+    assert y.grad_fn.name() == "_NativeDepthwiseBackward" and torch.allclose(y, ref, atol=1e-6)
+
+
+@needs_compiler
+def test_depthwise_weight_grad_is_the_same_every_run(monkeypatch):
+    monkeypatch.setattr(native, "PARALLEL_MIN_WORK", 0)  # two threads even on a small map
+    x = torch.randn(6, 20, 15, 15).to(memory_format=torch.channels_last)
+    grad = torch.randn(6, 20, 15, 15).to(memory_format=torch.channels_last)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [native.depthwise_weight_grad(grad, x, (5, 5), (1, 1), (2, 2)) for _ in range(3)]
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel, stride, size", [(3, 1, 16), (5, 2, 16), (7, 2, 15)])
+def test_depthwise_convolutions_train_through_the_native_gradient(kernel, stride, size):
+    """Stride 1; stride 2 on an even map (asymmetric "SAME": a padded copy) and an odd one."""
+    conv = ops.Conv2dSame(12, 12, kernel, stride=stride, groups=12)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(8, 12, size, size).to(memory_format=torch.channels_last).requires_grad_(True)
+    results = []
+    for on in (False, True):
+        ops.FAST_PATHS["native_depthwise"] = on
+        try:
+            y = conv(x)
+        finally:
+            ops.FAST_PATHS["native_depthwise"] = True
+        assert (y.grad_fn.name() == "_NativeDepthwiseBackward") is on
+        results.append((y, *torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))))
+    for got, want, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+        scale = max(1.0, want.abs().max().item())
+        assert (got - want).abs().max().item() <= 1e-5 * scale, what
+
+
+@needs_compiler
+def test_the_native_gradient_only_runs_where_it_applies():
+    conv = ops.Conv2dSame(12, 12, 3, groups=12).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 12, 16, 16).to(memory_format=torch.channels_last)
+    assert conv(x).grad_fn.name() == "_NativeDepthwiseBackward"
+    with torch.no_grad():
+        assert conv(x).grad_fn is None
+    assert conv(x.contiguous()).grad_fn.name() != "_NativeDepthwiseBackward"  # NCHW
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).grad_fn.name() != "_NativeDepthwiseBackward"
+    conv64 = ops.Conv2dSame(12, 12, 3, groups=12).double().to(memory_format=torch.channels_last)
+    assert conv64(x.double()).grad_fn.name() != "_NativeDepthwiseBackward"
+
+
+@needs_compiler
+def test_compiles_once_into_the_cache(fresh_native):
+    assert native.library() is not None and native.unavailable_reason() is None
+    built = list((fresh_native / "native").glob("depthwise-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    native._state.clear()  # a new process finds it there
+    assert native.library() is not None
+    assert built[0].stat().st_mtime_ns == stamp
+    assert [p.name for p in (fresh_native / "native").iterdir()] == [built[0].name]
+
+
+def test_switched_off_by_the_environment(fresh_native, monkeypatch):
+    monkeypatch.setenv("NASNET_NATIVE", "0")
+    assert native.library() is None
+    assert native.unavailable_reason() == "NASNET_NATIVE=0"
+    x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    assert native.depthwise_weight_grad(x, x, (3, 3), (1, 1), (1, 1)) is None
+    conv = ops.Conv2dSame(12, 12, 5, groups=12).to(memory_format=torch.channels_last)
+    y = conv(torch.randn(16, 12, 32, 32).to(memory_format=torch.channels_last))
+    assert y.grad_fn.name() == "_DepthwiseColumnGradBackward"  # the PyTorch path instead
+
+
+def test_no_compiler_leaves_the_pytorch_path(fresh_native, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert native.library() is None
+    assert native.unavailable_reason() == "no C++ compiler (no-such-compiler-here not found)"
+
+
+def test_a_failing_compiler_leaves_the_pytorch_path(fresh_native, monkeypatch):
+    monkeypatch.setenv("CXX", shutil.which("false") or "/bin/false")
+    assert native.library() is None
+    assert native.unavailable_reason().startswith("compiling the native kernels failed: ")
+    assert list((fresh_native / "native").iterdir()) == []  # no half-written library left
