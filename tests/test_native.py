@@ -160,7 +160,7 @@ def test_the_native_gradient_only_runs_where_it_applies():
 @needs_compiler
 def test_compiles_once_into_the_cache(fresh_native):
     assert native.library() is not None and native.unavailable_reason() is None
-    built = list((fresh_native / "native").glob("depthwise-*.so"))
+    built = list((fresh_native / "native").glob("kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     native._state.clear()  # a new process finds it there
@@ -191,3 +191,83 @@ def test_a_failing_compiler_leaves_the_pytorch_path(fresh_native, monkeypatch):
     assert native.library() is None
     assert native.unavailable_reason().startswith("compiling the native kernels failed: ")
     assert list((fresh_native / "native").iterdir()) == []  # no half-written library left
+
+
+@needs_compiler
+@pytest.mark.parametrize("capability", ["AVX2", "DEFAULT"])
+def test_builds_for_other_vector_widths_agree(fresh_native, monkeypatch, capability):
+    """The 8-lane build (AVX2, or none: SSE / NEON registers in pairs) gives the same results
+    as PyTorch; it runs here too, on wider hardware."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert native.library() is not None, native.unavailable_reason()
+    torch.manual_seed(0)
+    for channels, kernel, stride in [(12, 3, 1), (20, 5, 2), (36, 7, 1)]:
+        x = torch.randn(4, channels, 11, 11).to(memory_format=torch.channels_last)
+        weight = torch.randn(channels, 1, kernel, kernel)
+        pad = (kernel // 2, kernel // 2)
+        y = F.conv2d(x, weight, None, stride, pad, 1, channels)
+        got = native.depthwise_conv(x, weight, (stride, stride), pad, tuple(y.shape[2:]))
+        assert (got - y).abs().max().item() < 1e-5 * max(1.0, y.abs().max().item())
+        grad = torch.randn_like(y)
+        want = reference_weight_grad(grad, x, (kernel, kernel), (stride, stride), pad)
+        dw = native.depthwise_weight_grad(grad, x, (kernel, kernel), (stride, stride), pad)
+        assert (dw.double() - want).abs().max().item() < 1e-5 * max(1.0, want.abs().max())
+
+
+@needs_compiler
+@pytest.mark.parametrize("channels", [1, 5, 12, 17, 24, 36, 48, 100])
+def test_batch_norm_equals_pytorch(channels, monkeypatch):
+    """Output, running statistics and gradients of a training step, against float64
+    nn.BatchNorm2d; a mean far from zero (100) loses no precision."""
+    monkeypatch.setattr(ops, "NATIVE_BATCH_NORM_MIN_ELEMENTS", 0)  # small maps too,
+    monkeypatch.setattr(ops, "_float_vector_width", lambda: 64)  # and 16, 32 or 48 channels
+    torch.manual_seed(channels)
+    for shape, threads in itertools.product([(4, 7, 9), (8, 16, 16), (2, 1, 3)], (1, 2)):
+        x = (torch.randn(shape[0], channels, *shape[1:]) * 3 + 100).to(
+            memory_format=torch.channels_last
+        )
+        ours = ops.BatchNorm2d(channels, momentum=0.3)
+        ours.weight.data.uniform_(0.5, 2.0)
+        ours.bias.data.normal_()
+        ref = torch.nn.BatchNorm2d(channels, momentum=0.3).double()
+        ref.load_state_dict(ours.state_dict())
+        grad = torch.randn_like(x)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            leaf = x.clone().requires_grad_(True)
+            y = ours(leaf)
+            assert y.grad_fn.name() == "_NativeBatchNormBackward"
+            y.backward(grad)
+        finally:
+            torch.set_num_threads(previous)
+        leaf64 = x.double().requires_grad_(True)
+        y64 = ref(leaf64)
+        y64.backward(grad.double())
+        pairs = [
+            (y, y64, "y"), (leaf.grad, leaf64.grad, "dx"),
+            (ours.weight.grad, ref.weight.grad, "dweight"),
+            (ours.bias.grad, ref.bias.grad, "dbias"),
+            (ours.running_mean, ref.running_mean, "running mean"),
+            (ours.running_var, ref.running_var, "running var"),
+        ]  # fmt: skip
+        for got, want, what in pairs:
+            scale = max(1.0, want.abs().max().item())
+            err = (got.double() - want).abs().max().item() / scale
+            assert err < 2e-5, f"{what} {shape} threads {threads}: {err:.1e}"
+        assert ours.num_batches_tracked.item() == 1
+
+
+@needs_compiler
+def test_batch_norm_takes_the_native_kernels_only_where_they_apply():
+    bn = ops.BatchNorm2d(12)
+    x = torch.randn(64, 12, 19, 19).to(memory_format=torch.channels_last)
+    assert x.numel() >= ops.NATIVE_BATCH_NORM_MIN_ELEMENTS
+    assert bn(x).grad_fn.name() == "_NativeBatchNormBackward"
+    assert bn(x[:4]).grad_fn.name() != "_NativeBatchNormBackward"  # small: ATen's
+    whole_vectors = torch.randn(64, 32, 19, 19).to(memory_format=torch.channels_last)
+    assert ops.BatchNorm2d(32)(whole_vectors).grad_fn.name() != "_NativeBatchNormBackward"
+    assert bn(x.contiguous()).grad_fn.name() != "_NativeBatchNormBackward"  # NCHW
+    assert bn.eval()(x).grad_fn.name() != "_NativeBatchNormBackward"  # running statistics
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn.train()(x[:1, :, :1, :1])  # nn.BatchNorm2d's own error

@@ -65,7 +65,9 @@ from nasnet import native
 #: ``nasnet.network.CellModule``); ``native_depthwise``: depthwise convolutions (float32,
 #: channels_last, in training) run through the kernels of :mod:`nasnet.native`, compiled for
 #: this machine on first use (where they cannot be, the paths above run; see
-#: :class:`_NativeDepthwise`).
+#: :class:`_NativeDepthwise`); ``native_batch_norm``: training-mode BatchNorm of float32
+#: channels_last maps runs through the kernels of :mod:`nasnet.native` (see
+#: :class:`_NativeBatchNorm`).
 #:
 #: The paths of :data:`CPU_FAST_PATHS` work around the costs of oneDNN's CPU kernels.
 FAST_PATHS: dict[str, bool] = {
@@ -87,6 +89,7 @@ FAST_PATHS: dict[str, bool] = {
     "pointwise_matmul_grad": True,
     "shared_pools": True,
     "native_depthwise": True,
+    "native_batch_norm": True,
 }
 
 
@@ -136,6 +139,7 @@ CPU_FAST_PATHS = frozenset(
         "avg_pool_as_conv",
         "pointwise_matmul_grad",
         "native_depthwise",
+        "native_batch_norm",
     }
 )
 
@@ -226,32 +230,55 @@ def _float_vector_width() -> int:
 
 class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` - the same parameters, buffers and function - whose training step on
-    channels_last maps with fewer than :data:`FEW_CHANNELS` channels runs as reductions and one
-    multiply-add over a wide view of the pixels (fast path ``few_channel_batch_norm``)."""
+    channels_last float32 maps runs through :mod:`nasnet.native`'s kernels (fast path
+    ``native_batch_norm``, see :class:`_NativeBatchNorm`), or, where they are unavailable,
+    with fewer than :data:`FEW_CHANNELS` channels, as reductions and one multiply-add over a
+    wide view of the pixels (fast path ``few_channel_batch_norm``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._training_step(x) and _native_batch_norm_applies(x, self):
+            self.num_batches_tracked.add_(1)
+            running = (self.running_mean, self.running_var, self._momentum_now())
+            return _NativeBatchNorm.apply(x, self.weight, self.bias, self.eps, *running)
         rows = self._wide_rows(x)
         if rows is None:
             return super().forward(x)
         y, mean, var = _FewChannelBatchNorm.apply(x, self.weight, self.bias, self.eps, rows)
-        pixels = x.numel() // x.shape[1]
+        self._track(mean, var, x.numel() // x.shape[1])
+        return y
+
+    def _training_step(self, x: torch.Tensor) -> bool:
+        """Whether this call normalises by the batch and updates the running statistics, on
+        a 4-D map with at least two values per channel (else nn.BatchNorm2d's own errors)."""
+        return (
+            self.training
+            and self.track_running_stats
+            and self.affine
+            and x.dim() == 4
+            and x.numel() >= 2 * max(x.shape[1], 1)
+        )
+
+    def _momentum_now(self) -> float:
+        """How far this step moves the running statistics (after ``num_batches_tracked``
+        counted it): ``momentum``, or a cumulative average where that is ``None``."""
+        if self.momentum is None:
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def _track(self, mean: torch.Tensor, var: torch.Tensor, pixels: int) -> None:
+        """The running statistics' update of nn.BatchNorm2d, from the batch's mean and biased
+        variance over ``pixels`` values per channel."""
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            factor = self.momentum
-            if factor is None:  # cumulative moving average, as nn.BatchNorm2d
-                factor = 1.0 / float(self.num_batches_tracked)
+            factor = self._momentum_now()
             self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
             self.running_var.mul_(1 - factor).add_(var * (pixels / (pixels - 1)), alpha=factor)
-        return y
 
     def _wide_rows(self, x: torch.Tensor) -> int | None:
         """How many pixels the wide view puts in one row, or ``None`` for ATen's kernel."""
         if not (
             fast("few_channel_batch_norm", x)
-            and self.training
-            and self.track_running_stats
-            and self.affine
-            and x.dim() == 4
+            and self._training_step(x)
             and x.shape[1] < FEW_CHANNELS
             and x.shape[1] % _float_vector_width() != 0  # ATen fills whole vectors: as fast
             and x.numel() >= FEW_CHANNEL_MIN_ELEMENTS
@@ -259,15 +286,59 @@ class BatchNorm2d(nn.BatchNorm2d):
             and x.is_contiguous(memory_format=torch.channels_last)
         ):
             return None
-        pixels = x.numel() // max(x.shape[1], 1)
-        if pixels < 2:  # nn.BatchNorm2d's own error for a single value per channel
-            return None
+        pixels = x.numel() // x.shape[1]
         return next(r for r in (8, 4, 2, 1) if pixels % r == 0)
 
 
 def _fold(sums: torch.Tensor, rows: int, channels: int) -> torch.Tensor:
     """Per-channel totals of a wide view's per-column sums."""
     return sums.view(rows, channels).sum(0) if rows > 1 else sums
+
+
+#: BatchNorm of maps with fewer elements keeps ATen's kernel: at 1-2 x 10^5 and below, the
+#: native path's per-call costs (a custom Function, ctypes) outweigh its faster passes
+#: (0.4x-0.95x at 10^4-2 x 10^5 elements; 1.2x-3.5x from 3.4 x 10^5, forward + backward,
+#: 1 and 2 threads). So does a channel count that fills whole vectors, where ATen's kernel is
+#: as fast (96 channels at 31x31, batch 32: 0.9x-1.1x).
+NATIVE_BATCH_NORM_MIN_ELEMENTS = 2**18
+
+
+def _native_batch_norm_applies(x: torch.Tensor, bn: nn.BatchNorm2d) -> bool:
+    return (
+        fast("native_batch_norm", x)
+        and x.numel() >= NATIVE_BATCH_NORM_MIN_ELEMENTS
+        and x.shape[1] % _float_vector_width() != 0  # ATen fills whole vectors: as fast
+        and x.dtype == bn.weight.dtype == bn.running_mean.dtype == torch.float32
+        and _autocast_dtype("cpu") is None
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and all(t.is_contiguous() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
+        and native.library() is not None
+    )
+
+
+class _NativeBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm of a channels_last float32 ``x`` through
+    :func:`nasnet.native.batch_norm_forward` and its backward: two passes over the map each
+    way, every vector lane busy whatever the channel count.
+
+    ATen's channels_last kernel (torch 2.13, AVX-512) runs at 5-7 GB/s on 12-48 channels,
+    and :class:`_FewChannelBatchNorm` makes several passes; the sums here are shifted by the
+    first pixel and kept in float64, as precise as ATen's two-pass variance. The running
+    statistics move in the forward, as in ATen's kernel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, running_mean, running_var, factor: float):
+        y, mean, invstd = native.batch_norm_forward(
+            x, weight, bias, eps, running_mean, running_var, factor
+        )
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, mean, invstd = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = native.batch_norm_backward(grad_y, x, weight, mean, invstd)
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 class _FewChannelBatchNorm(torch.autograd.Function):

@@ -1,7 +1,7 @@
 """Kernels compiled for this machine on first use: where oneDNN's CPU kernels are slow on the
 shapes NASNet children have.
 
-The C++ source ships with the package (``depthwise.cpp``); the first call compiles it with
+The C++ sources ship with the package (``*.cpp`` here); the first call compiles them with
 the system's C++ compiler (``$CXX``, else ``c++``) for the vector instructions torch itself
 dispatches to here (``torch.backends.cpu.get_cpu_capability()``), with OpenMP where the
 compiler has it, and keeps the library in ``$NASNET_CACHE_DIR`` (default
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("depthwise.cpp")
+SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 #: What ``nasnet_native_abi()`` returns for the functions this module declares.
-ABI = 2
+ABI = 7
 _ARCH_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
@@ -113,6 +113,54 @@ def depthwise_conv(
     return None if failed else out
 
 
+def batch_norm_forward(x: torch.Tensor, weight, bias, eps: float, running_mean, running_var,
+                       factor: float):  # fmt: skip
+    """Training-mode BatchNorm of ``x`` (float32, channels_last; ``weight``, ``bias`` and
+    the running statistics contiguous, one float32 value per channel): (y, batch mean,
+    1 / sqrt(biased batch variance + eps)), the running mean and (unbiased) variance moved
+    ``factor`` of the way to the batch's in place; ``None`` where the kernels are
+    unavailable."""
+    lib = library()
+    if lib is None:
+        return None
+    x = x.contiguous(memory_format=torch.channels_last)
+    channels = x.shape[1]
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    stats = torch.empty(2, channels)
+    lib.nasnet_batch_norm_forward_f32(
+        x.data_ptr(), weight.data_ptr(), bias.data_ptr(), eps, x.numel() // channels, channels,
+        y.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), running_mean.data_ptr(),
+        running_var.data_ptr(), factor, _threads(x.numel()),
+    )  # fmt: skip
+    return y, stats[0], stats[1]
+
+
+def batch_norm_backward(grad, x, weight, mean, invstd):
+    """The gradients (x, weight, bias) of :func:`batch_norm_forward` given ``grad``, its
+    output's, and the forward's ``mean`` and ``invstd``; ``None`` where the kernels are
+    unavailable."""
+    lib = library()
+    if lib is None:
+        return None
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    channels = x.shape[1]
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+    grads = torch.empty(2, channels)
+    lib.nasnet_batch_norm_backward_f32(
+        grad.data_ptr(), x.data_ptr(), weight.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
+        x.numel() // channels, channels, grad_x.data_ptr(), grads[0].data_ptr(),
+        grads[1].data_ptr(), _threads(x.numel()),
+    )  # fmt: skip
+    return grad_x, grads[0], grads[1]
+
+
+def _threads(elements: int) -> int:
+    return torch.get_num_threads() if elements >= PARALLEL_MIN_ELEMENTS else 1
+
+
+#: Maps of fewer elements make one pass on one thread.
+PARALLEL_MIN_ELEMENTS = 2**16
 #: Below this many vector products (pixels x taps x 16-channel blocks) one thread sums the
 #: gradient: waking the others costs more than it saves.
 PARALLEL_MIN_WORK = 2**16
@@ -151,6 +199,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.nasnet_depthwise_conv_f32
     fn.argtypes = [ptr, ptr, ptr] + [i64] * 14
     fn.restype = ctypes.c_int
+    fn = lib.nasnet_batch_norm_forward_f32
+    fn.argtypes = [ptr, ptr, ptr, ctypes.c_double, i64, i64, ptr, ptr, ptr, ptr, ptr,
+                   ctypes.c_double, i64]  # fmt: skip
+    fn.restype = ctypes.c_int
+    fn = lib.nasnet_batch_norm_backward_f32
+    fn.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, i64]
+    fn.restype = ctypes.c_int
 
 
 def _built(compiler: str, flags: list[str], capability: str, errors: list[str]) -> Path | None:
@@ -158,12 +213,9 @@ def _built(compiler: str, flags: list[str], capability: str, errors: list[str]) 
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[:1]
-    key = hashlib.sha256(
-        "\n".join(
-            [SOURCE.read_text(), compiler, *version, *flags, capability, platform.machine()]
-        ).encode()
-    ).hexdigest()[:16]
-    target = cache_dir() / "native" / f"depthwise-{key}.so"
+    parts = [*(s.read_text() for s in SOURCES), compiler, *version, *flags, capability]
+    key = hashlib.sha256("\n".join([*parts, platform.machine()]).encode()).hexdigest()[:16]
+    target = cache_dir() / "native" / f"kernels-{key}.so"
     if target.exists():
         return target
     try:
@@ -174,7 +226,10 @@ def _built(compiler: str, flags: list[str], capability: str, errors: list[str]) 
         errors.append(f"cannot write to {target.parent}: {err}")
         return None
     done = subprocess.run(
-        [compiler, *flags, str(SOURCE), "-o", scratch], capture_output=True, text=True, check=False
+        [compiler, *flags, *map(str, SOURCES), "-o", scratch],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         os.unlink(scratch)
