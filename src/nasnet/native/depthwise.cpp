@@ -1,13 +1,15 @@
-// The weight gradient of a depthwise convolution of channels_last (NHWC) float32 maps.
+// Depthwise convolutions of channels_last (NHWC) float32 maps: the output (which, with the
+// kernel rotated half a turn, is also the input gradient at stride 1) and the weight gradient.
 //
-// oneDNN (torch 2.13) runs this gradient 1.5x-3x slower than the loop below on the maps of
-// NASNet children: channel counts that are not a multiple of its 16-channel block (12, 20,
-// 24, 36) and kernels wider than 3 columns. Here each output row's gradient is multiplied
-// into every kernel tap it meets while the row is in L1, 16 channels at a time (a GCC vector:
-// one AVX-512 register, two AVX2 ones), the batch split over the OpenMP threads torch uses.
+// oneDNN (torch 2.13) runs these 1.3x-6x slower than the loops below on the maps of NASNet
+// children: channel counts that are not a multiple of its 16-channel block (12, 20, 24, 36),
+// kernels wider than 3 columns (the weight gradient), and per-call costs on small maps. Here
+// each kernel row meets a whole row of pixels at a time: the pixels of the row one vector of
+// channels at a time (16 lanes where the build has AVX-512, else 8), a window of input pixels
+// held in registers sliding along it, the batch split over the OpenMP threads torch uses.
 // Reads of the last channel block may run past the channels of a pixel into the next one;
-// those lanes are discarded, and rows whose reads would run past the end of the tensor take
-// a lane-by-lane loop instead.
+// those lanes are discarded (or multiplied by zero weights), and rows whose reads would run
+// past the end of the tensor take a lane-by-lane loop or a padded copy instead.
 
 #include <algorithm>
 #include <cstdint>
