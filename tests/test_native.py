@@ -271,3 +271,13 @@ def test_batch_norm_takes_the_native_kernels_only_where_they_apply():
     assert bn.eval()(x).grad_fn.name() != "_NativeBatchNormBackward"  # running statistics
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         bn.train()(x[:1, :, :1, :1])  # nn.BatchNorm2d's own error
+
+
+@needs_compiler
+def test_an_unwritable_cache_builds_in_the_temp_folder(fresh_native, monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("NASNET_CACHE_DIR", str(blocked))
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    assert native.library() is not None, native.unavailable_reason()
+    assert list((tmp_path / "tmp").glob("nasnet-native-*/kernels-*.so"))

@@ -7,7 +7,8 @@ dispatches to here (``torch.backends.cpu.get_cpu_capability()``), with OpenMP wh
 compiler has it, and keeps the library in ``$NASNET_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/nasnet``, else ``~/.cache/nasnet``) under a name that hashes the source,
 compiler, flags and CPU capability, so machines sharing a home directory never load each
-other's builds. Processes that compile at once each write their own file and rename it into
+other's builds (where that folder cannot be written, in a folder of the user's under the temp
+directory). Processes that compile at once each write their own file and rename it into
 place. Where there is no compiler, compiling fails, or ``NASNET_NATIVE=0`` is set,
 :func:`library` returns ``None`` and callers keep their PyTorch path;
 :func:`unavailable_reason` says why.
@@ -210,31 +211,53 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def _built(compiler: str, flags: list[str], capability: str, errors: list[str]) -> Path | None:
     """The library built with ``flags``, compiled now unless the cache has it."""
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
-    ).stdout.splitlines()[:1]
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, check=False, timeout=60
+        ).stdout.splitlines()[:1]
+    except (OSError, subprocess.TimeoutExpired) as err:
+        errors.append(f"{compiler} --version: {err}")
+        return None
     parts = [*(s.read_text() for s in SOURCES), compiler, *version, *flags, capability]
     key = hashlib.sha256("\n".join([*parts, platform.machine()]).encode()).hexdigest()[:16]
-    target = cache_dir() / "native" / f"kernels-{key}.so"
-    if target.exists():
-        return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-    except OSError as err:
-        errors.append(f"cannot write to {target.parent}: {err}")
+    name = f"kernels-{key}.so"
+    for folder in _cache_folders():
+        if (folder / name).exists():
+            return folder / name
+        scratch = _scratch_file(folder, errors)
+        if scratch is not None:
+            break
+    else:
         return None
-    done = subprocess.run(
-        [compiler, *flags, *map(str, SOURCES), "-o", scratch],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    command = [compiler, *flags, *map(str, SOURCES), "-o", scratch]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        os.unlink(scratch)
+        errors.append(f"{' '.join([compiler, *flags])}: {err}")
+        return None
     if done.returncode != 0:
         os.unlink(scratch)
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
         errors.append(f"{' '.join([compiler, *flags])}: {last}")
         return None
-    os.replace(scratch, target)
-    return target
+    os.replace(scratch, folder / name)
+    return folder / name
+
+
+def _cache_folders() -> list[Path]:
+    """The cache, then (where that cannot be written) a folder of this user's in the temp dir."""
+    uid = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    return [cache_dir() / "native", Path(tempfile.gettempdir()) / f"nasnet-native-{uid}"]
+
+
+def _scratch_file(folder: Path, errors: list[str]) -> str | None:
+    """A new empty file in ``folder`` to compile into, or ``None`` (the reason in errors)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(suffix=".so", dir=folder)
+    except OSError as err:
+        errors.append(f"cannot write to {folder}: {err}")
+        return None
+    os.close(fd)
+    return scratch
