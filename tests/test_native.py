@@ -281,3 +281,57 @@ def test_an_unwritable_cache_builds_in_the_temp_folder(fresh_native, monkeypatch
     monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
     assert native.library() is not None, native.unavailable_reason()
     assert list((tmp_path / "tmp").glob("nasnet-native-*/kernels-*.so"))
+
+
+@needs_compiler
+@pytest.mark.parametrize("k, m", [(12, 12), (36, 12), (3, 128), (128, 7), (20, 20), (80, 80)])
+def test_pointwise_equals_pytorch(k, m):
+    """The output, and (weight transposed) the input gradient; pixel counts that leave a
+    part-tile, on one and two threads."""
+    torch.manual_seed(k * 1000 + m)
+    weight = torch.randn(m, k, 1, 1)
+    for (n, h, w), threads in itertools.product([(1, 1, 1), (3, 5, 7), (64, 8, 8)], (1, 2)):
+        x = torch.randn(n, k, h, w).to(memory_format=torch.channels_last)
+        x64 = x.double().requires_grad_(True)
+        y64 = F.conv2d(x64, weight.double())
+        grad = torch.randn_like(y64)
+        want = torch.autograd.grad(y64, x64, grad)[0]
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            y = native.pointwise(x, weight.view(m, k))
+            g = grad.float().contiguous(memory_format=torch.channels_last)
+            dx = native.pointwise(g, weight.view(m, k), transposed=True)
+        finally:
+            torch.set_num_threads(previous)
+        where = f"{(n, h, w)} threads {threads}"
+        assert y.shape == y64.shape and y.is_contiguous(memory_format=torch.channels_last)
+        assert (y.double() - y64).abs().max().item() < 1e-5 * max(1.0, y64.abs().max()), where
+        assert (dx.double() - want).abs().max().item() < 1e-5 * max(1.0, want.abs().max()), where
+    assert native.pointwise(x, torch.randn(129, k)) is None  # more outputs than it holds
+
+
+@needs_compiler
+@pytest.mark.parametrize("c_in, c_out, size", [(12, 12, 32), (36, 12, 17), (80, 80, 17)])
+def test_pointwise_convolutions_train_through_the_native_kernel(c_in, c_out, size):
+    conv = ops.Conv2dSame(c_in, c_out, 1).to(memory_format=torch.channels_last)
+    x = torch.randn(16, c_in, size, size).to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    results = []
+    for on in (False, True):
+        ops.FAST_PATHS["native_pointwise"] = on
+        try:
+            y = conv(x)
+        finally:
+            ops.FAST_PATHS["native_pointwise"] = True
+        assert (y.grad_fn.name() == "_NativePointwiseBackward") is on
+        torch.manual_seed(1)
+        grad = torch.randn_like(y)
+        results.append((y, *torch.autograd.grad(y, (x, conv.weight), grad)))
+    for got, want, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+        scale = max(1.0, want.abs().max().item())
+        assert (got - want).abs().max().item() <= 1e-5 * scale, what
+    with torch.no_grad():
+        assert conv(x).grad_fn is None  # inference: oneDNN's
+    small = x[:1, :, :8, :8].contiguous(memory_format=torch.channels_last)
+    assert conv(small).grad_fn.name() != "_NativePointwiseBackward"  # the matmul's

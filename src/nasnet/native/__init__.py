@@ -33,7 +33,7 @@ import torch
 
 SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 #: What ``nasnet_native_abi()`` returns for the functions this module declares.
-ABI = 7
+ABI = 8
 _ARCH_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
@@ -156,6 +156,26 @@ def batch_norm_backward(grad, x, weight, mean, invstd):
     return grad_x, grads[0], grads[1]
 
 
+def pointwise(x: torch.Tensor, weight: torch.Tensor, transposed: bool = False):
+    """The 1x1 convolution of ``x`` (float32, channels_last, N x K x H x W) with ``weight``
+    (M x K; where ``transposed``, K x M, applied as its transpose): N x M x H x W,
+    channels_last; ``None`` where the kernels are unavailable or M > 128."""
+    lib = library()
+    if lib is None:
+        return None
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = weight.detach().contiguous()
+    n, k, height, width = x.shape
+    m = weight.shape[0] if not transposed else weight.shape[1]
+    out = torch.empty(n, m, height, width, memory_format=torch.channels_last)
+    pixels = n * height * width
+    failed = lib.nasnet_pointwise_f32(
+        x.data_ptr(), weight.data_ptr(), out.data_ptr(), pixels, k, m, int(transposed),
+        _threads(pixels * max(k, m)),
+    )  # fmt: skip
+    return None if failed else out
+
+
 def _threads(elements: int) -> int:
     return torch.get_num_threads() if elements >= PARALLEL_MIN_ELEMENTS else 1
 
@@ -203,6 +223,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.nasnet_batch_norm_forward_f32
     fn.argtypes = [ptr, ptr, ptr, ctypes.c_double, i64, i64, ptr, ptr, ptr, ptr, ptr,
                    ctypes.c_double, i64]  # fmt: skip
+    fn.restype = ctypes.c_int
+    fn = lib.nasnet_pointwise_f32
+    fn.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64]
     fn.restype = ctypes.c_int
     fn = lib.nasnet_batch_norm_backward_f32
     fn.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, i64]
