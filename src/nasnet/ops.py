@@ -298,12 +298,13 @@ def _fold(sums: torch.Tensor, rows: int, channels: int) -> torch.Tensor:
     return sums.view(rows, channels).sum(0) if rows > 1 else sums
 
 
-#: BatchNorm of maps with fewer elements keeps ATen's kernel: at 1-2 x 10^5 and below, the
-#: native path's per-call costs (a custom Function, ctypes) outweigh its faster passes
-#: (0.4x-0.95x at 10^4-2 x 10^5 elements; 1.2x-3.5x from 3.4 x 10^5, forward + backward,
-#: 1 and 2 threads). So does a channel count that fills whole vectors, where ATen's kernel is
-#: as fast (96 channels at 31x31, batch 32: 0.9x-1.1x).
-NATIVE_BATCH_NORM_MIN_ELEMENTS = 2**18
+#: BatchNorm of maps with fewer elements keeps ATen's kernel: on 2x2 and 4x4 maps (10^4-2 x
+#: 10^4 elements) the native path's per-call costs (a custom Function, ctypes) outweigh its
+#: faster passes (0.6x-1.0x forward + backward, hot caches); from 4 x 10^4 it is 1.5x-3.4x
+#: (5-84 channels, 1 and 2 threads), and lowering this bound from 2^18 made large64 steps
+#: 0.98x-1.06x (median 1.05x over five A/B runs). So does a channel count that fills whole
+#: vectors, where ATen's kernel is as fast (96 channels at 31x31, batch 32: 0.9x-1.1x).
+NATIVE_BATCH_NORM_MIN_ELEMENTS = 2**15
 
 
 def _native_batch_norm_applies(x: torch.Tensor, bn: nn.BatchNorm2d) -> bool:
