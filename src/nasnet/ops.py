@@ -542,7 +542,25 @@ def _native_grad_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-class _NativeDepthwise(torch.autograd.Function):
+class _DepthwiseGradients(torch.autograd.Function):
+    """A depthwise convolution (``x`` channels_last, ``padding`` its own) whose subclass
+    names, in its forward, the functions ``(grad, x, weight, stride, padding) -> tensor``
+    that give its input and weight gradients."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        input_grad, weight_grad = ctx.gradients
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = input_grad(grad, x, weight, ctx.stride, ctx.padding)
+        if ctx.needs_input_grad[1]:
+            grad_w = weight_grad(grad, x, weight, ctx.stride, ctx.padding)
+        return grad_x, grad_w, None, None
+
+
+class _NativeDepthwise(_DepthwiseGradients):
     """A depthwise convolution through the kernels of :mod:`nasnet.native`: its output, its
     input gradient at stride 1 (the convolution of the output gradient with the kernel
     rotated half a turn) and its weight gradient; oneDNN's input gradient at other strides.
@@ -559,6 +577,7 @@ class _NativeDepthwise(torch.autograd.Function):
     def forward(ctx, x, weight, stride, padding):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding = stride, padding
+        ctx.gradients = (_native_input_grad, _native_weight_grad)
         kh, kw = weight.shape[2:]
         out_size = tuple(
             (size + 2 * p - k) // s + 1
@@ -566,20 +585,6 @@ class _NativeDepthwise(torch.autograd.Function):
         )
         y = native.depthwise_conv(x, weight, stride, padding, out_size)
         return y if y is not None else F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _native_input_grad(grad, x, weight, ctx.stride, ctx.padding)
-        if ctx.needs_input_grad[1]:
-            kernel = tuple(weight.shape[2:])
-            grad_w = native.depthwise_weight_grad(grad, x, kernel, ctx.stride, ctx.padding)
-            if grad_w is None:  # not reached: the library loaded before the forward
-                grad_w = _depthwise_backward(grad, x, weight, ctx.padding, False, ctx.stride)
-        return grad_x, grad_w, None, None
 
 
 def _native_input_grad(grad, x, weight, stride, padding) -> torch.Tensor:
@@ -589,10 +594,21 @@ def _native_input_grad(grad, x, weight, stride, padding) -> torch.Tensor:
         grad_x = native.depthwise_conv(grad, weight, (1, 1), flipped, x.shape[2:], flip=True)
         if grad_x is not None:
             return grad_x
+    return _onednn_input_grad(grad, x, weight, stride, padding)
+
+
+def _native_weight_grad(grad, x, weight, stride, padding) -> torch.Tensor:
+    grad_w = native.depthwise_weight_grad(grad, x, tuple(weight.shape[2:]), stride, padding)
+    if grad_w is None:  # not reached: the library loaded before the forward
+        grad_w = _depthwise_backward(grad, x, weight, padding, False, stride)
+    return grad_w
+
+
+def _onednn_input_grad(grad, x, weight, stride, padding) -> torch.Tensor:
     return _depthwise_backward(grad, x, weight, padding, True, stride)
 
 
-class _DepthwiseColumnGrad(torch.autograd.Function):
+class _DepthwiseColumnGrad(_DepthwiseGradients):
     """A depthwise convolution (kernel wider than 3) whose weight gradient is assembled from
     kernels three columns wide.
 
@@ -621,23 +637,17 @@ class _DepthwiseColumnGrad(torch.autograd.Function):
     def forward(ctx, x, weight, stride, padding):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding = stride, padding
+        ctx.gradients = (_onednn_input_grad, _column_weight_grad)
         return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _depthwise_backward(grad, x, weight, ctx.padding, True, ctx.stride)
-        if ctx.needs_input_grad[1] and ctx.stride == (1, 1):
-            grad_w = _depthwise_weight_grad_by_columns(grad, x, weight.shape[2], ctx.padding)
-        elif ctx.needs_input_grad[1]:
-            pad_h, pad_w = ctx.padding
-            if pad_h or pad_w:  # the narrow kernels take no padding of their own here
-                x = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
-            grad_w = _strided_weight_grad_by_columns(grad, x, weight.shape, ctx.stride)
-        return grad_x, grad_w, None, None
+
+def _column_weight_grad(grad, x, weight, stride, padding) -> torch.Tensor:
+    if stride == (1, 1):
+        return _depthwise_weight_grad_by_columns(grad, x, weight.shape[2], padding)
+    pad_h, pad_w = padding
+    if pad_h or pad_w:  # the narrow kernels take no padding of their own here
+        x = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
+    return _strided_weight_grad_by_columns(grad, x, weight.shape, stride)
 
 
 def _depthwise_backward(grad, x, weight, padding, data: bool, stride=(1, 1)) -> torch.Tensor:

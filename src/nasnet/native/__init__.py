@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 #: What ``nasnet_native_abi()`` returns for the functions this module declares.
 ABI = 8
 _ARCH_FLAGS = {
@@ -241,7 +242,8 @@ def _built(compiler: str, flags: list[str], capability: str, errors: list[str]) 
     except (OSError, subprocess.TimeoutExpired) as err:
         errors.append(f"{compiler} --version: {err}")
         return None
-    parts = [*(s.read_text() for s in SOURCES), compiler, *version, *flags, capability]
+    texts = [f.read_text() for f in (*SOURCES, *HEADERS)]
+    parts = [*texts, compiler, *version, *flags, capability]
     key = hashlib.sha256("\n".join([*parts, platform.machine()]).encode()).hexdigest()[:16]
     name = f"kernels-{key}.so"
     for folder in _cache_folders():

@@ -20,10 +20,10 @@
 #include <omp.h>
 #endif
 
+#include "vectors.h"
+
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
 #ifdef __AVX512F__
 typedef v16 vec;  // one register
 constexpr int64_t kLanes = 16;
@@ -31,13 +31,6 @@ constexpr int64_t kLanes = 16;
 typedef v8 vec;  // one AVX2 register; two SSE / NEON ones
 constexpr int64_t kLanes = 8;
 #endif
-
-template <typename V>
-inline V load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 // a (the first `lanes` of which are kept) += the products of `count` pixels' channel blocks.
 template <typename V>

@@ -12,15 +12,9 @@
 #include <cstring>
 #include <vector>
 
+#include "vectors.h"
+
 namespace {
-
-typedef float v16 __attribute__((vector_size(64)));
-
-inline v16 load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 // Pixels [p0, p1) of y (p x m) from x (p x k) and wt (k rows of MB vectors: W^T, zero past m).
 // A pixel's last vector may spill past its m channels into the next pixels', which are stored
