@@ -122,25 +122,34 @@ def test_depthwise_weight_grad_is_the_same_every_run(monkeypatch):
     assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
+def assert_path_trains_alike(conv, x, path: str, function: str) -> None:
+    """``conv``'s output and gradients with fast path ``path`` off and on agree, and it runs
+    through ``function`` exactly when on."""
+    x = x.requires_grad_(True)
+    results = []
+    for on in (False, True):
+        ops.FAST_PATHS[path] = on
+        try:
+            y = conv(x)
+        finally:
+            ops.FAST_PATHS[path] = True
+        assert (y.grad_fn.name() == f"{function}Backward") is on
+        torch.manual_seed(1)
+        grad = torch.randn_like(y)
+        results.append((y, *torch.autograd.grad(y, (x, conv.weight), grad)))
+    for got, want, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
+        scale = max(1.0, want.abs().max().item())
+        assert (got - want).abs().max().item() <= 1e-5 * scale, what
+
+
 @needs_compiler
 @pytest.mark.parametrize("kernel, stride, size", [(3, 1, 16), (5, 2, 16), (7, 2, 15)])
 def test_depthwise_convolutions_train_through_the_native_gradient(kernel, stride, size):
     """Stride 1; stride 2 on an even map (asymmetric "SAME": a padded copy) and an odd one."""
     conv = ops.Conv2dSame(12, 12, kernel, stride=stride, groups=12)
     conv = conv.to(memory_format=torch.channels_last)
-    x = torch.randn(8, 12, size, size).to(memory_format=torch.channels_last).requires_grad_(True)
-    results = []
-    for on in (False, True):
-        ops.FAST_PATHS["native_depthwise"] = on
-        try:
-            y = conv(x)
-        finally:
-            ops.FAST_PATHS["native_depthwise"] = True
-        assert (y.grad_fn.name() == "_NativeDepthwiseBackward") is on
-        results.append((y, *torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))))
-    for got, want, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
-        scale = max(1.0, want.abs().max().item())
-        assert (got - want).abs().max().item() <= 1e-5 * scale, what
+    x = torch.randn(8, 12, size, size).to(memory_format=torch.channels_last)
+    assert_path_trains_alike(conv, x, "native_depthwise", "_NativeDepthwise")
 
 
 @needs_compiler
@@ -316,21 +325,7 @@ def test_pointwise_equals_pytorch(k, m):
 def test_pointwise_convolutions_train_through_the_native_kernel(c_in, c_out, size):
     conv = ops.Conv2dSame(c_in, c_out, 1).to(memory_format=torch.channels_last)
     x = torch.randn(16, c_in, size, size).to(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    results = []
-    for on in (False, True):
-        ops.FAST_PATHS["native_pointwise"] = on
-        try:
-            y = conv(x)
-        finally:
-            ops.FAST_PATHS["native_pointwise"] = True
-        assert (y.grad_fn.name() == "_NativePointwiseBackward") is on
-        torch.manual_seed(1)
-        grad = torch.randn_like(y)
-        results.append((y, *torch.autograd.grad(y, (x, conv.weight), grad)))
-    for got, want, what in zip(results[1], results[0], ("output", "dx", "dw"), strict=True):
-        scale = max(1.0, want.abs().max().item())
-        assert (got - want).abs().max().item() <= 1e-5 * scale, what
+    assert_path_trains_alike(conv, x, "native_pointwise", "_NativePointwise")
     with torch.no_grad():
         assert conv(x).grad_fn is None  # inference: oneDNN's
     small = x[:1, :, :8, :8].contiguous(memory_format=torch.channels_last)
