@@ -307,16 +307,25 @@ def _fold(sums: torch.Tensor, rows: int, channels: int) -> torch.Tensor:
 NATIVE_BATCH_NORM_MIN_ELEMENTS = 2**15
 
 
+def _native_ready(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether the kernels of :mod:`nasnet.native` can take ``x`` and ``params``: float32
+    without autocast, ``x`` channels_last, and the kernels compiled (on this first call)."""
+    return (
+        x.dtype == torch.float32
+        and all(p.dtype == torch.float32 for p in params)
+        and _autocast_dtype("cpu") is None
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and native.library() is not None
+    )
+
+
 def _native_batch_norm_applies(x: torch.Tensor, bn: nn.BatchNorm2d) -> bool:
     return (
         fast("native_batch_norm", x)
         and x.numel() >= NATIVE_BATCH_NORM_MIN_ELEMENTS
         and x.shape[1] % _float_vector_width() != 0  # ATen fills whole vectors: as fast
-        and x.dtype == bn.weight.dtype == bn.running_mean.dtype == torch.float32
-        and _autocast_dtype("cpu") is None
-        and x.is_contiguous(memory_format=torch.channels_last)
         and all(t.is_contiguous() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
-        and native.library() is not None
+        and _native_ready(x, bn.weight, bn.running_mean)
     )
 
 
@@ -535,10 +544,7 @@ def _native_grad_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         fast("native_depthwise", x)
         and weight.requires_grad
         and torch.is_grad_enabled()
-        and x.dtype == weight.dtype == torch.float32
-        and _autocast_dtype("cpu") is None
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and native.library() is not None
+        and _native_ready(x, weight)
     )
 
 
@@ -598,10 +604,8 @@ def _native_input_grad(grad, x, weight, stride, padding) -> torch.Tensor:
 
 
 def _native_weight_grad(grad, x, weight, stride, padding) -> torch.Tensor:
-    grad_w = native.depthwise_weight_grad(grad, x, tuple(weight.shape[2:]), stride, padding)
-    if grad_w is None:  # not reached: the library loaded before the forward
-        grad_w = _depthwise_backward(grad, x, weight, padding, False, stride)
-    return grad_w
+    # The library loaded before the forward (_native_grad_applies), so this is never None.
+    return native.depthwise_weight_grad(grad, x, tuple(weight.shape[2:]), stride, padding)
 
 
 def _onednn_input_grad(grad, x, weight, stride, padding) -> torch.Tensor:
@@ -771,10 +775,7 @@ def _native_pointwise_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.requires_grad
         and torch.is_grad_enabled()
         and max(weight.shape[0], weight.shape[1]) <= NATIVE_POINTWISE_MAX_CHANNELS
-        and x.dtype == weight.dtype == torch.float32
-        and _autocast_dtype("cpu") is None
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and native.library() is not None
+        and _native_ready(x, weight)
     )
 
 
@@ -797,10 +798,15 @@ class _NativePointwise(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = native.pointwise(grad, weight.view(c_out, c), transposed=True)
         if ctx.needs_input_grad[1]:
-            rows = grad.permute(0, 2, 3, 1).reshape(-1, c_out)
-            pixels = x.permute(0, 2, 3, 1).reshape(-1, c)
-            grad_w = (rows.t() @ pixels).view(c_out, c, 1, 1)
+            grad_w = _pointwise_weight_grad(grad.permute(0, 2, 3, 1).reshape(-1, c_out), x)
         return grad_x, grad_w
+
+
+def _pointwise_weight_grad(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The weight gradient (C_out, C, 1, 1) of a 1x1 convolution of the channels_last ``x``,
+    given ``rows``, its output gradient as (pixels, C_out): ``rows^T x``."""
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return (rows.t() @ pixels).view(rows.shape[1], x.shape[1], 1, 1)
 
 
 class _PointwiseMatmulGrad(torch.autograd.Function):
@@ -825,8 +831,7 @@ class _PointwiseMatmulGrad(torch.autograd.Function):
             grad_x = (rows @ weight.reshape(c_out, c)).view(n, height, width, c)
             grad_x = grad_x.permute(0, 3, 1, 2)  # channels_last strides
         if ctx.needs_input_grad[1]:
-            pixels = x.permute(0, 2, 3, 1).reshape(-1, c)
-            grad_w = (rows.t() @ pixels).view(c_out, c, 1, 1)
+            grad_w = _pointwise_weight_grad(rows, x)
         return grad_x, grad_w
 
 

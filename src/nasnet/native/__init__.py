@@ -33,8 +33,6 @@ import torch
 
 SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 HEADERS = sorted(Path(__file__).parent.glob("*.h"))
-#: What ``nasnet_native_abi()`` returns for the functions this module declares.
-ABI = 8
 _ARCH_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
@@ -82,8 +80,7 @@ def depthwise_weight_grad(
     out_h, out_w = grad.shape[2:]
     kh, kw = kernel
     out = torch.empty(kh, kw, c, dtype=torch.float32)
-    work = n * out_h * out_w * kh * kw * -(-c // 16)
-    threads = torch.get_num_threads() if work >= PARALLEL_MIN_WORK else 1
+    threads = _threads(n * out_h * out_w * kh * kw * -(-c // 16), PARALLEL_MIN_WORK)
     lib.nasnet_depthwise_weight_grad_f32(
         x.data_ptr(), grad.data_ptr(), out.data_ptr(), n, c, height, width, out_h, out_w,
         kh, kw, stride[0], stride[1], padding[0], padding[1], threads,
@@ -106,8 +103,7 @@ def depthwise_conv(
     n, c, height, width = x.shape
     kh, kw = weight.shape[2:]
     out = torch.empty(n, c, *out_size, memory_format=torch.channels_last)
-    work = n * out_size[0] * out_size[1] * kh * kw * -(-c // 16)
-    threads = torch.get_num_threads() if work >= PARALLEL_MIN_WORK else 1
+    threads = _threads(n * out_size[0] * out_size[1] * kh * kw * -(-c // 16), PARALLEL_MIN_WORK)
     failed = lib.nasnet_depthwise_conv_f32(
         x.data_ptr(), weight.data_ptr(), out.data_ptr(), n, c, height, width, *out_size,
         kh, kw, stride[0], stride[1], padding[0], padding[1], int(flip), threads,
@@ -177,8 +173,11 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, transposed: bool = False):
     return None if failed else out
 
 
-def _threads(elements: int) -> int:
-    return torch.get_num_threads() if elements >= PARALLEL_MIN_ELEMENTS else 1
+def _threads(amount: int, minimum: int | None = None) -> int:
+    """torch's thread count for a pass over ``amount`` elements (or vector products, against
+    ``minimum``); one thread below the minimum."""
+    enough = amount >= (PARALLEL_MIN_ELEMENTS if minimum is None else minimum)
+    return torch.get_num_threads() if enough else 1
 
 
 #: Maps of fewer elements make one pass on one thread.
@@ -204,9 +203,6 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
                 lib = ctypes.CDLL(str(path))
             except OSError as err:
                 errors.append(f"loading {path}: {err}")
-                continue
-            if lib.nasnet_native_abi() != ABI:
-                errors.append(f"{path} is of another version")
                 continue
             _declare(lib)
             return lib, None

@@ -230,9 +230,6 @@ void convolve(const float* x, const vec* weights, float* y, const Geometry& s, C
 
 extern "C" {
 
-// Bumped whenever the signature below changes.
-int nasnet_native_abi() { return 8; }
-
 // out (kh, kw, c) = the gradient of the weight (c, 1, kh, kw) of a depthwise convolution of x
 // (n, h, w, c) with top/left padding pt/pl (zero rows/columns past the map's other edges are
 // implied by oh/ow), given g (n, oh, ow, c), the gradient of its output. The batch is split
