@@ -143,9 +143,13 @@ def assert_path_trains_alike(conv, x, path: str, function: str) -> None:
 
 
 @needs_compiler
-@pytest.mark.parametrize("kernel, stride, size", [(3, 1, 16), (5, 2, 16), (7, 2, 15)])
+@pytest.mark.parametrize(
+    "kernel, stride, size",
+    [(3, 1, 16), (5, 2, 16), (7, 2, 15), (5, 1, 4), (7, 1, 2), (3, 1, 1), (5, 2, 4), (3, 2, 2)],
+)
 def test_depthwise_convolutions_train_through_the_native_gradient(kernel, stride, size):
-    """Stride 1; stride 2 on an even map (asymmetric "SAME": a padded copy) and an odd one."""
+    """Stride 1; stride 2 on an even map (asymmetric "SAME": a padded copy) and an odd one;
+    maps smaller than the kernel, which take the dense per-channel product when switched off."""
     conv = ops.Conv2dSame(12, 12, kernel, stride=stride, groups=12)
     conv = conv.to(memory_format=torch.channels_last)
     x = torch.randn(8, 12, size, size).to(memory_format=torch.channels_last)
