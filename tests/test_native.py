@@ -1,6 +1,7 @@
 """The kernels of ``nasnet.native``: compiled on first use, equal to PyTorch's gradients, and
 left out cleanly where they cannot be had."""
 
+import copy
 import itertools
 import os
 import shutil
@@ -300,10 +301,11 @@ def test_an_unwritable_cache_builds_in_the_temp_folder(fresh_native, monkeypatch
 @pytest.mark.parametrize("k, m", [(12, 12), (36, 12), (3, 128), (128, 7), (20, 20), (80, 80)])
 def test_pointwise_equals_pytorch(k, m):
     """The output, and (weight transposed) the input gradient; pixel counts that leave a
-    part-tile, on one and two threads."""
+    part-tile, on one and two threads (split between them from 2^18 multiply-adds)."""
     torch.manual_seed(k * 1000 + m)
     weight = torch.randn(m, k, 1, 1)
-    for (n, h, w), threads in itertools.product([(1, 1, 1), (3, 5, 7), (64, 8, 8)], (1, 2)):
+    sizes = [(1, 1, 1), (3, 5, 7), (5, 9, 11), (64, 8, 8)]
+    for (n, h, w), threads in itertools.product(sizes, (1, 2)):
         x = torch.randn(n, k, h, w).to(memory_format=torch.channels_last)
         x64 = x.double().requires_grad_(True)
         y64 = F.conv2d(x64, weight.double())
@@ -334,3 +336,75 @@ def test_pointwise_convolutions_train_through_the_native_kernel(c_in, c_out, siz
         assert conv(x).grad_fn is None  # inference: oneDNN's
     small = x[:1, :, :8, :8].contiguous(memory_format=torch.channels_last)
     assert conv(small).grad_fn.name() != "_NativePointwiseBackward"  # the matmul's
+
+
+def separable_step(op, x, grad_seed: int = 1):
+    """One training step's output, gradients (input, then parameters) and buffers."""
+    x = x.clone().requires_grad_(True)
+    y = op(x)
+    torch.manual_seed(grad_seed)
+    grads = torch.autograd.grad(y, [x, *op.parameters()], torch.randn_like(y))
+    return y, grads, [b.clone() for b in op.buffers()]
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "c_in, c_out, kernel, stride, size",
+    [
+        (12, 12, 3, 1, 16),
+        (20, 40, 5, 1, 4),
+        (40, 40, 7, 1, 2),
+        (24, 12, 5, 2, 8),
+        (12, 12, 3, 1, 48),
+    ],
+)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_separable_ops_train_alike_as_fused_halves(c_in, c_out, kernel, stride, size, momentum):
+    """Outputs, gradients and BatchNorm buffers over two steps, fused and layer by layer: maps
+    of 2-48 pixels (1x1 convolutions as products and natively, ATen's BatchNorm and the native
+    one), more outputs than inputs, a strided first half (which runs layer by layer)."""
+    torch.manual_seed(0)
+    op = ops.SepConvTwice(c_in, c_out, kernel, stride, ops.BNConfig())
+    for bn in (op[2], op[5]):
+        bn.momentum = momentum
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+            bn.running_mean.uniform_(-0.1, 0.1), bn.running_var.uniform_(0.5, 1.5)
+    op = op.to(memory_format=torch.channels_last)
+    x = torch.randn(8, c_in, size, size).to(memory_format=torch.channels_last)
+    results = []
+    for on in (False, True):
+        ops.FAST_PATHS["fused_separable"] = on
+        try:
+            model = copy.deepcopy(op)
+            steps = [separable_step(model, x * scale) for scale in (1.0, 2.0)]
+        finally:
+            ops.FAST_PATHS["fused_separable"] = True
+        assert (steps[0][0].grad_fn.name() == "_SeparableHalfBackward") is on
+        results.append(steps)
+    for (y, grads, buffers), (y0, grads0, buffers0) in zip(*reversed(results), strict=True):
+        for got, want in zip([y, *grads, *buffers], [y0, *grads0, *buffers0], strict=True):
+            if want.dtype == torch.int64:  # num_batches_tracked
+                assert torch.equal(got, want)
+            else:
+                scale = max(1.0, want.abs().max().item())
+                assert (got - want).abs().max().item() <= 1e-5 * scale
+
+
+@needs_compiler
+def test_the_fused_half_only_runs_where_it_applies():
+    op = ops.SepConvTwice(12, 12, 3, 1, ops.BNConfig()).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 12, 8, 8).to(memory_format=torch.channels_last)
+    fused = "_SeparableHalfBackward"
+    assert op(x).grad_fn.name() == fused
+    nchw = copy.deepcopy(op).to(memory_format=torch.contiguous_format)
+    assert nchw(x.contiguous()).grad_fn.name() != fused
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert op(x).grad_fn.name() != fused
+    assert copy.deepcopy(op).double()(x.double()).grad_fn.name() != fused
+    with torch.no_grad():
+        assert op(x).grad_fn is None
+    assert op.eval()(x).grad_fn.name() != fused  # the running statistics normalise
+    op.train()
+    op[5].weight.requires_grad_(False)  # a frozen BatchNorm
+    assert op(x).grad_fn.name() != fused

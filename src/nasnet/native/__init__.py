@@ -168,7 +168,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, transposed: bool = False):
     pixels = n * height * width
     failed = lib.nasnet_pointwise_f32(
         x.data_ptr(), weight.data_ptr(), out.data_ptr(), pixels, k, m, int(transposed),
-        _threads(pixels * max(k, m)),
+        _threads(pixels * k * m, POINTWISE_PARALLEL_MIN_PRODUCTS),
     )  # fmt: skip
     return None if failed else out
 
@@ -185,6 +185,11 @@ PARALLEL_MIN_ELEMENTS = 2**16
 #: Below this many vector products (pixels x taps x 16-channel blocks) one thread sums the
 #: gradient: waking the others costs more than it saves.
 PARALLEL_MIN_WORK = 2**16
+
+
+#: Below this many multiply-adds one thread runs a 1x1 convolution (two threads pay from
+#: about 10^5 on 2x2-8x8 maps of 20-80 channels, batch 32).
+POINTWISE_PARALLEL_MIN_PRODUCTS = 2**18
 
 
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
