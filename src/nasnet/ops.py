@@ -786,17 +786,11 @@ NATIVE_POINTWISE_MAX_CHANNELS = 128
 def _native_pointwise_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         fast("native_pointwise", x)
-        and _native_pointwise_sizes(x, weight)
+        and x.numel() > POINTWISE_MATMUL_PIXELS * x.shape[1]
         and weight.requires_grad
         and torch.is_grad_enabled()
-        and _native_ready(x, weight)
-    )
-
-
-def _native_pointwise_sizes(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        x.numel() > POINTWISE_MATMUL_PIXELS * x.shape[1]
         and max(weight.shape[0], weight.shape[1]) <= NATIVE_POINTWISE_MAX_CHANNELS
+        and _native_ready(x, weight)
     )
 
 
@@ -1222,8 +1216,9 @@ class _SeparableHalf(torch.autograd.Function):
 def _pointwise_product(x: torch.Tensor, weight: torch.Tensor, transposed: bool = False):
     """The 1x1 convolution of the channels_last float32 ``x`` with ``weight`` (M x K; applied
     as its transpose where ``transposed``): :mod:`nasnet.native`'s kernel where the fast path
-    ``native_pointwise`` would take these sizes, else a matrix product of the (pixels,
-    channels) view."""
+    ``native_pointwise`` is on and ``weight`` has at most
+    :data:`NATIVE_POINTWISE_MAX_CHANNELS` rows and columns (on maps of any size), else a
+    matrix product of the (pixels, channels) view."""
     n, k, height, width = x.shape
     if fast("native_pointwise", x) and max(weight.shape) <= NATIVE_POINTWISE_MAX_CHANNELS:
         out = native.pointwise(x, weight, transposed)
