@@ -338,57 +338,70 @@ def test_pointwise_convolutions_train_through_the_native_kernel(c_in, c_out, siz
     assert conv(small).grad_fn.name() != "_NativePointwiseBackward"  # the matmul's
 
 
-def separable_step(op, x, grad_seed: int = 1):
-    """One training step's output, gradients (input, then parameters) and buffers."""
+def half_step(sep, bn, x, relu: bool, fused: bool):
+    """One training step of ``bn(sep(relu(x) if relu else x))``, fused or layer by layer: its
+    output, gradients (input, then parameters) and BatchNorm buffers."""
     x = x.clone().requires_grad_(True)
-    y = op(x)
-    torch.manual_seed(grad_seed)
-    grads = torch.autograd.grad(y, [x, *op.parameters()], torch.randn_like(y))
-    return y, grads, [b.clone() for b in op.buffers()]
+    if fused:
+        y = ops.separable_half(sep, bn, x, relu)
+        assert y.grad_fn.name() == "_SeparableHalfBackward"
+    else:
+        y = bn(sep(F.relu(x) if relu else x))
+    torch.manual_seed(1)
+    params = [*sep.parameters(), *bn.parameters()]
+    grads = torch.autograd.grad(y, [x, *params], torch.randn_like(y))
+    return [y, *grads, *(b.clone() for b in bn.buffers())]
 
 
 @needs_compiler
 @pytest.mark.parametrize(
-    "c_in, c_out, kernel, stride, size",
-    [
-        (12, 12, 3, 1, 16),
-        (20, 40, 5, 1, 4),
-        (40, 40, 7, 1, 2),
-        (24, 12, 5, 2, 8),
-        (12, 12, 3, 1, 48),
-    ],
+    "c_in, c_out, kernel, size",
+    [(12, 12, 3, 16), (20, 40, 5, 4), (40, 40, 7, 2), (16, 32, 3, 4), (12, 12, 5, 48)],
 )
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_separable_ops_train_alike_as_fused_halves(c_in, c_out, kernel, stride, size, momentum):
-    """Outputs, gradients and BatchNorm buffers over two steps, fused and layer by layer: maps
-    of 2-48 pixels (1x1 convolutions as products and natively, ATen's BatchNorm and the native
-    one), more outputs than inputs, a strided first half (which runs layer by layer)."""
+def test_separable_halves_train_alike_fused(c_in, c_out, kernel, size, relu, momentum):
+    """Output, gradients and BatchNorm buffers over two steps, fused and layer by layer: maps
+    of 2-48 pixels (1x1 convolutions as products and natively; the native BatchNorm, and
+    ATen's for whole vectors of channels), more outputs than inputs, a cumulative average.
+    Inputs stay 0.1 away from zero, so that float rounding never flips the ReLU."""
     torch.manual_seed(0)
-    op = ops.SepConvTwice(c_in, c_out, kernel, stride, ops.BNConfig())
-    for bn in (op[2], op[5]):
-        bn.momentum = momentum
-        with torch.no_grad():
-            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
-            bn.running_mean.uniform_(-0.1, 0.1), bn.running_var.uniform_(0.5, 1.5)
-    op = op.to(memory_format=torch.channels_last)
-    x = torch.randn(8, c_in, size, size).to(memory_format=torch.channels_last)
+    sep = ops.SeparableConv2d(c_in, c_out, kernel, 1).to(memory_format=torch.channels_last)
+    bn = ops.BNConfig().make(c_out)
+    bn.momentum = momentum
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+        bn.running_mean.uniform_(-0.1, 0.1), bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(8, c_in, size, size)
+    x = (x + 0.1 * x.sign()).to(memory_format=torch.channels_last)
     results = []
-    for on in (False, True):
-        ops.FAST_PATHS["fused_separable"] = on
-        try:
-            model = copy.deepcopy(op)
-            steps = [separable_step(model, x * scale) for scale in (1.0, 2.0)]
-        finally:
-            ops.FAST_PATHS["fused_separable"] = True
-        assert (steps[0][0].grad_fn.name() == "_SeparableHalfBackward") is on
-        results.append(steps)
-    for (y, grads, buffers), (y0, grads0, buffers0) in zip(*reversed(results), strict=True):
-        for got, want in zip([y, *grads, *buffers], [y0, *grads0, *buffers0], strict=True):
+    for fused in (False, True):
+        layers = copy.deepcopy(sep), copy.deepcopy(bn)
+        results.append([half_step(*layers, x * scale, relu, fused) for scale in (1.0, 2.0)])
+    for fused_step, plain_step in zip(results[1], results[0], strict=True):
+        for got, want in zip(fused_step, plain_step, strict=True):
             if want.dtype == torch.int64:  # num_batches_tracked
                 assert torch.equal(got, want)
             else:
                 scale = max(1.0, want.abs().max().item())
                 assert (got - want).abs().max().item() <= 1e-5 * scale
+
+
+@needs_compiler
+def test_separable_ops_run_as_fused_halves():
+    """Both halves of a stride-1 op; only the second of a stride-2 one (the first runs layer
+    by layer)."""
+    x = torch.randn(8, 12, 8, 8).to(memory_format=torch.channels_last)
+    for stride, fused_halves in ((1, 2), (2, 1)):
+        op = ops.SepConvTwice(12, 12, 3, stride, ops.BNConfig())
+        op = op.to(memory_format=torch.channels_last)
+        y = op(x)
+        names, node = [], y.grad_fn
+        while node is not None:
+            names.append(node.name())
+            node = node.next_functions[0][0] if node.next_functions else None
+        assert names.count("_SeparableHalfBackward") == fused_halves
+        assert [b.item() for b in (op[2].num_batches_tracked, op[5].num_batches_tracked)] == [1, 1]
 
 
 @needs_compiler

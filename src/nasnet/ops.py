@@ -309,6 +309,9 @@ def _fold(sums: torch.Tensor, rows: int, channels: int) -> torch.Tensor:
 #: (5-84 channels, 1 and 2 threads), and lowering this bound from 2^18 made large64 steps
 #: 0.98x-1.06x (median 1.05x over five A/B runs). So does a channel count that fills whole
 #: vectors, where ATen's kernel is as fast (96 channels at 31x31, batch 32: 0.9x-1.1x).
+#: Inside a :class:`_SeparableHalf`, with no Function of its own, the native kernels take maps
+#: of any size (forward + backward 1.2x-3.8x ATen's on 2x2-8x8 maps of 10-40 channels, batch
+#: 32, 1 and 2 threads; large64's step 1.01x, within the noise of that run).
 NATIVE_BATCH_NORM_MIN_ELEMENTS = 2**15
 
 
@@ -326,17 +329,17 @@ def _native_ready(x: torch.Tensor, *params: torch.Tensor) -> bool:
 
 def _native_batch_norm_applies(x: torch.Tensor, bn: nn.BatchNorm2d) -> bool:
     return (
-        _native_batch_norm_sizes(x)
+        _native_batch_norm_channels(x)
+        and x.numel() >= NATIVE_BATCH_NORM_MIN_ELEMENTS
         and all(t.is_contiguous() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
         and _native_ready(x, bn.weight, bn.running_mean)
     )
 
 
-def _native_batch_norm_sizes(x: torch.Tensor) -> bool:
-    """Whether the fast path ``native_batch_norm`` is on and takes maps of ``x``'s sizes."""
+def _native_batch_norm_channels(x: torch.Tensor) -> bool:
+    """Whether the fast path ``native_batch_norm`` is on and takes ``x``'s channel count."""
     return (
         fast("native_batch_norm", x)
-        and x.numel() >= NATIVE_BATCH_NORM_MIN_ELEMENTS
         and x.shape[1] % _float_vector_width() != 0  # ATen fills whole vectors: as fast
     )
 
@@ -1173,7 +1176,7 @@ class _SeparableHalf(torch.autograd.Function):
         padding = ((kh - 1) // 2, (kw - 1) // 2)
         d = native.depthwise_conv(r, dw_weight, (1, 1), padding, r.shape[2:])
         p = _pointwise_product(d, pw_weight.view(pw_weight.shape[:2]))
-        ctx.native_bn = _native_batch_norm_sizes(p)
+        ctx.native_bn = _native_batch_norm_channels(p)  # any size: no node of its own here
         if ctx.native_bn:
             y, mean, invstd = native.batch_norm_forward(
                 p, bn_weight, bn_bias, eps, running_mean, running_var, factor
