@@ -1,7 +1,8 @@
 """Our NASNet against timm's hand-written NASNet-A: training steps in the same memory layout.
 
 Two configurations, each trained with the same step on both sides (forward, cross-entropy,
-backward, SGD with momentum), on random inputs:
+backward, SGD with momentum as the search's child trainer runs it: ``nasnet.train.make_sgd``,
+torch's fused kernel where it has one), on random inputs:
 
 * ``large64``: ``create_model("nasnet_a_large", num_classes=10, penultimate=480, image_size=64,
   drop_path_keep_prob=1.0, dropout=0.0, pool_padding="timm", auxiliary=False)`` against timm's
@@ -213,16 +214,20 @@ def build(config: str, side: str, nasnet, timm_nasnet) -> tuple[nn.Module, int, 
 
 
 class Trainer:
-    """One variant: a model, its optimizer and a fixed random batch, in one memory layout."""
+    """One variant: a model, its optimizer and a fixed random batch, in one memory layout.
 
-    def __init__(self, model, size, batch, channels_last, device, amp):
+    ``make_sgd(params, lr=..., momentum=...)`` builds the optimizer: the working tree's
+    :func:`nasnet.train.make_sgd`, as the search's child trainer runs SGD (torch's fused
+    kernel where it has one), for every variant alike."""
+
+    def __init__(self, model, size, batch, channels_last, device, amp, make_sgd):
         self.device, self.amp = torch.device(device), amp
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt).train()
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(batch, 3, size, size, generator=g).to(self.device, memory_format=fmt)
         self.y = torch.randint(0, 10, (batch,), generator=g).to(self.device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.opt = make_sgd(list(self.model.parameters()), lr=0.01, momentum=0.9)
         self.batch = batch
 
     def step(self) -> None:
@@ -265,6 +270,11 @@ def median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
+def child_sgd(sides: dict):
+    """The working tree's ``make_sgd``: every variant steps with the same optimizer."""
+    return sides["ours"][0].train.make_sgd
+
+
 def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
     torch.set_num_threads(threads)
     variants: dict[str, Trainer] = {}
@@ -282,7 +292,7 @@ def compare(config: str, threads: int, args, sides: dict) -> dict[str, float]:
             if side not in params:
                 params[side] = sum(p.numel() for p in model.parameters())
                 flops[side] = forward_flops(model, size)
-            trainer = Trainer(model, size, batch, cl, args.device, args.amp)
+            trainer = Trainer(model, size, batch, cl, args.device, args.amp, child_sgd(sides))
             if compiled:  # channels_last, as the eager variant it is compared with
                 trainer.model = torch.compile(trainer.model)
             variants[f"{side}, {layout}"] = trainer
@@ -336,7 +346,8 @@ def warm_trainers(config: str, threads: int, args, sides: dict):
         with imports_of(nasnet):
             model, size, batch = build(config, "timm" if side == "timm" else "ours",
                                        nasnet, timm_nasnet)  # fmt: skip
-        trainer = Trainer(model, size, args.batch or batch, True, args.device, args.amp)
+        batch = args.batch or batch
+        trainer = Trainer(model, size, batch, True, args.device, args.amp, child_sgd(sides))
         for _ in range(args.warmup):
             trainer.step()
         yield side, trainer
