@@ -515,30 +515,33 @@ class Conv2dSame(nn.Conv2d):
                 bmm = pairs > DENSE_DEPTHWISE_PAIRS[0]
                 return _dense_depthwise(x, self.weight, index, out_h, out_w, bmm)
         if self._static:
-            y = self._depthwise_grad(x, self._column_grad, (1, 1), self.padding)
+            y = self._depthwise_grad(x, native_grad, self._column_grad, (1, 1), self.padding)
             if y is not None:
                 return y
         else:
             if fast("native_padding"):
                 padding = _symmetric_same(x, self.kernel_size, self.stride, self.dilation)
                 if padding is not None:  # at stride 2 the weight gradient pads a copy itself
-                    y = self._depthwise_grad(x, self._strided_column_grad, self.stride, padding)
+                    wide = self._strided_column_grad
+                    y = self._depthwise_grad(x, native_grad, wide, self.stride, padding)
                     if y is not None:
                         return y
                     s, d, g = self.stride, self.dilation, self.groups
                     return F.conv2d(x, self.weight, self.bias, s, padding, d, g)
-            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-            y = self._depthwise_grad(x, self._strided_column_grad, self.stride, (0, 0))
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)  # keeps the layout
+            y = self._depthwise_grad(x, native_grad, self._strided_column_grad, self.stride, (0, 0))
             if y is not None:
                 return y
         return super().forward(x)
 
-    def _depthwise_grad(self, x, wide: bool, stride, padding) -> torch.Tensor | None:
+    def _depthwise_grad(
+        self, x, native_grad: bool, wide: bool, stride, padding
+    ) -> torch.Tensor | None:
         """This depthwise convolution (``padding`` its own) through
-        :class:`_NativeDepthwise` where that applies, else through
-        :class:`_DepthwiseColumnGrad` where ``wide`` (its kernel qualifies), that fast path
-        is on and the map is large enough to pay; ``None`` otherwise."""
-        if self._native_grad and _native_grad_applies(x, self.weight):
+        :class:`_NativeDepthwise` where ``native_grad`` (that fast path applies), else
+        through :class:`_DepthwiseColumnGrad` where ``wide`` (its kernel qualifies), that
+        fast path is on and the map is large enough to pay; ``None`` otherwise."""
+        if native_grad:
             return _NativeDepthwise.apply(x, self.weight, stride, padding)
         if wide and fast("depthwise_column_grad", x) and _column_grad_pays(x):
             return _DepthwiseColumnGrad.apply(*autocast_operands(x, self.weight), stride, padding)
@@ -1205,12 +1208,10 @@ class _SeparableHalf(torch.autograd.Function):
         c_out, c = pw_weight.shape[:2]
         grad_d = _pointwise_product(grad_p, pw_weight.view(c_out, c), transposed=True)
         grad_pw = _pointwise_weight_grad(grad_p.permute(0, 2, 3, 1).reshape(-1, c_out), d)
-        kh, kw = dw_weight.shape[2:]
-        grad_dw = native.depthwise_weight_grad(grad_d, r, (kh, kw), (1, 1), ctx.padding)
+        grad_dw = _native_weight_grad(grad_d, r, dw_weight, (1, 1), ctx.padding)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            flipped = (kh - 1 - ctx.padding[0], kw - 1 - ctx.padding[1])
-            grad_x = native.depthwise_conv(grad_d, dw_weight, (1, 1), flipped, r.shape[2:], True)
+            grad_x = _native_input_grad(grad_d, r, dw_weight, (1, 1), ctx.padding)
             if ctx.relu:
                 grad_x = torch.ops.aten.threshold_backward(grad_x, r, 0)
         return grad_x, None, grad_dw, grad_pw, grad_bn_w, grad_bn_b, None, None, None, None
